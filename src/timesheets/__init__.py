@@ -1,0 +1,3 @@
+"""The Timesheets API."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,96 @@
+"""Errors of the token check, each able to render its own RFC 6750 challenge.
+
+AuthError
+  MissingToken          401, challenge without error= (RFC 6750 section 3.1)
+  InvalidToken          401, error="invalid_token", error_description from a fixed vocabulary
+  InsufficientScope     403, error="insufficient_scope", scope="..."
+  KeySourceUnavailable  503, Retry-After: the key server could not be reached and no cached key decides
+"""
+
+from typing import ClassVar
+
+# The only texts that may appear in error_description: RFC 6750 section 3 restricts the characters
+# of that attribute, and a library's message could leak details or break the header.
+DESCRIPTIONS = frozenset(
+    {
+        "malformed token",
+        "token too large",
+        "encrypted tokens are not accepted",
+        "algorithm not allowed",
+        "key reference in token header not allowed",
+        "unsupported critical header",
+        "unsupported token type",
+        "unknown key id",
+        "key id required",
+        "invalid signature",
+        "token expired",
+        "token not yet valid",
+        "token issued in the future",
+        "missing required claim",
+        "issuer mismatch",
+        "audience mismatch",
+        "invalid claim",
+        "unsupported authorization scheme",
+    }
+)
+
+
+class AuthError(Exception):
+    """A failed token check; knows its status and its WWW-Authenticate value."""
+
+    status_code: ClassVar[int] = 401
+    error: ClassVar[str | None] = None
+    message: ClassVar[str] = "Missing or invalid token"
+
+    def __init__(self, description: str | None = None, *, realm: str = "timesheets") -> None:
+        if description is not None and description not in DESCRIPTIONS:
+            raise ValueError(f"not in the fixed vocabulary: {description!r}")
+        super().__init__(description or self.message)
+        self.description = description
+        self.realm = realm
+
+    def challenge_params(self) -> list[tuple[str, str]]:
+        params = [("realm", self.realm)]
+        if self.error:
+            params.append(("error", self.error))
+        if self.description:
+            params.append(("error_description", self.description))
+        return params
+
+    def www_authenticate(self) -> str:
+        return "Bearer " + ", ".join(f'{name}="{value}"' for name, value in self.challenge_params())
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.www_authenticate()}
+
+
+class MissingToken(AuthError):
+    """No credentials were sent: the challenge carries no error code (RFC 6750 section 3.1)."""
+
+
+class InvalidToken(AuthError):
+    error = "invalid_token"
+
+
+class InsufficientScope(AuthError):
+    status_code = 403
+    error = "insufficient_scope"
+    message = "Forbidden"
+
+    def __init__(self, scope: str, *, realm: str = "timesheets") -> None:
+        super().__init__(None, realm=realm)
+        self.scope = scope
+
+    def challenge_params(self) -> list[tuple[str, str]]:
+        return [*super().challenge_params(), ("scope", self.scope)]
+
+
+class KeySourceUnavailable(AuthError):
+    """The issuer's keys could not be fetched and no cached key can decide: retry later, never 401."""
+
+    status_code = 503
+    message = "Key server unavailable"
+    retry_after: ClassVar[int] = 30
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
