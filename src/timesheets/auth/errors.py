@@ -40,6 +40,7 @@ class AuthError(Exception):
 
     status_code: ClassVar[int] = 401
     error: ClassVar[str | None] = None
+    code: ClassVar[str] = "missing_token"  # the stable code of the JSON error body
     message: ClassVar[str] = "Missing or invalid token"
 
     def __init__(self, description: str | None = None, *, realm: str = "timesheets") -> None:
@@ -70,11 +71,13 @@ class MissingToken(AuthError):
 
 class InvalidToken(AuthError):
     error = "invalid_token"
+    code = "invalid_token"
 
 
 class InsufficientScope(AuthError):
     status_code = 403
     error = "insufficient_scope"
+    code = "insufficient_scope"
     message = "Forbidden"
 
     def __init__(self, scope: str, *, realm: str = "timesheets") -> None:
@@ -89,7 +92,8 @@ class KeySourceUnavailable(AuthError):
     """The issuer's keys could not be fetched and no cached key can decide: retry later, never 401."""
 
     status_code = 503
-    message = "Key server unavailable"
+    code = "temporarily_unavailable"
+    message = "The token cannot be checked right now: the issuer's keys are unreachable"
     retry_after: ClassVar[int] = 30
 
     def headers(self) -> dict[str, str]:

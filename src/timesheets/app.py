@@ -1,0 +1,139 @@
+"""The application factory: nothing is built at import, everything in create_app()."""
+
+import logging
+from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from . import db as database
+from .auth import AuthError, DevIssuer, TokenVerifier
+from .config import Settings, load_settings
+from .errors import ApiError, InternalError, MethodNotAllowed, NotFound
+from .http import JSONResponse
+from .openapi import build_openapi
+from .routes import OPERATIONS, health
+
+logger = logging.getLogger("timesheets")
+
+CORS_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key",
+                "X-Request-ID"]
+EXPOSED_HEADERS = ["Link", "Location", "WWW-Authenticate", "Retry-After", "ETag", "X-Request-ID"]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    dev_issuer: DevIssuer | None = None,
+    jwks_transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The Timesheets API for `settings`; `jwks_transport` replaces the key server's network."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        auth = settings.auth_config()
+        timeout = httpx.Timeout(auth.jwks_timeout_seconds, connect=min(2.0, auth.jwks_timeout_seconds))
+        async with httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, transport=jwks_transport, trust_env=False
+        ) as client:
+            app.state.verifier = TokenVerifier.for_config(auth, client)
+            app.state.db = await database.connect(settings.database_url)
+            try:
+                yield
+            finally:
+                await app.state.db.close()
+
+    routes: list[BaseRoute] = [op.route() for op in OPERATIONS] + health.ROUTES
+    if dev_issuer is not None:
+        routes += _dev_issuer_routes(dev_issuer)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=CORS_HEADERS,
+                expose_headers=EXPOSED_HEADERS,
+                max_age=600,
+            )
+        ],
+        exception_handlers={
+            ApiError: _render_api_error,
+            AuthError: _render_auth_error,
+            HTTPException: _render_http_exception,
+            Exception: _render_unexpected,
+        },
+    )
+    app.state.settings = settings
+    app.state.openapi = build_openapi(OPERATIONS)
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """The factory that `timesheets serve` hands to uvicorn (once per worker process)."""
+    return create_app(load_settings())
+
+
+def _dev_issuer_routes(issuer: DevIssuer) -> list[BaseRoute]:
+    jwks_path = "/dev/.well-known/jwks.json"
+
+    async def jwks(request: Request) -> Response:
+        return JSONResponse(issuer.jwks())
+
+    async def discovery(request: Request) -> Response:
+        return JSONResponse(issuer.discovery(issuer.issuer.rstrip("/") + "/.well-known/jwks.json"))
+
+    return [
+        Route(jwks_path, jwks, methods=["GET"]),
+        Route("/dev/.well-known/openid-configuration", discovery, methods=["GET"]),
+    ]
+
+
+def _error_response(status: int, body: dict[str, object], headers: dict[str, str]) -> Response:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _render_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error_response(exc.status_code, exc.body(), exc.headers())
+
+
+async def _render_auth_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AuthError)
+    body: dict[str, object] = {"error": exc.code, "message": exc.message}
+    if exc.description:
+        body["detail"] = exc.description
+    return _error_response(exc.status_code, body, exc.headers())
+
+
+async def _render_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        error: ApiError = MethodNotAllowed()
+        return _error_response(405, error.body(), dict(exc.headers or {}))
+    error = NotFound() if exc.status_code == 404 else ApiError(exc.detail)
+    return _error_response(exc.status_code, error.body(), dict(exc.headers or {}))
+
+
+async def _render_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error_response(500, InternalError().body(), {})
+
+
+def create_dev_app_from_env() -> Starlette:
+    """The factory that `timesheets dev` hands to uvicorn: the API plus its development issuer."""
+    settings = load_settings()
+    if settings.dev_issuer_key_file is None:
+        raise RuntimeError("TIMESHEETS_DEV_ISSUER_KEY_FILE is not set; start with `timesheets dev`")
+    issuer = DevIssuer.from_key_file(settings.issuer[0], Path(settings.dev_issuer_key_file))
+    return create_app(settings, dev_issuer=issuer)

@@ -1,0 +1,136 @@
+"""The `timesheets` command: serve | dev | token | db upgrade."""
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import uvicorn
+
+from .config import ConfigError, Settings, load_settings
+from .devstate import DevState
+
+EMPLOYEE_SCOPES = "read:timesheets create:timesheets delete:timesheets"
+
+
+@click.group()
+@click.version_option(package_name="timesheets")
+def main() -> None:
+    """The Timesheets API: record, list and approve working hours."""
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(f"refusing to start: {exc}") from None
+
+
+def _upgrade(settings: Settings) -> None:
+    from .migrate import upgrade
+
+    try:
+        upgrade(settings.database_url)
+    except Exception as exc:  # any driver's error: report it in one line, no trace
+        raise click.ClickException(
+            f"could not migrate the database at TIMESHEETS_DATABASE_URL: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the API against a real issuer (Auth0 or any OpenID Connect provider)."""
+    settings = _settings()
+    _upgrade(settings)
+    _run("timesheets.app:create_app_from_env", host, port, workers)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+def dev(host: str, port: int, workers: int) -> None:
+    """Run the API with a built-in development issuer and SQLite: no Auth0 account needed."""
+    state = DevState.for_port(port)
+    state.save()
+    os.environ.update(
+        TIMESHEETS_ISSUER=state.issuer,
+        TIMESHEETS_AUDIENCE=state.audience,
+        TIMESHEETS_JWKS_URI=state.jwks_uri,
+        TIMESHEETS_DEV_ISSUER_KEY_FILE=state.key_file,
+    )
+    settings = _settings()
+    _upgrade(settings)
+    from .auth import DevIssuer
+
+    DevIssuer.from_key_file(state.issuer, Path(state.key_file))  # create the key once, up front
+    click.echo(_dev_banner(host, port, state, settings.database_url))
+    _run("timesheets.app:create_dev_app_from_env", host, port, workers)
+
+
+def _dev_banner(host: str, port: int, state: DevState, database_url: str) -> str:
+    return (
+        f"Timesheets API (development issuer {state.issuer}, database {database_url})\n"
+        f"Get a token in another shell, then call the API:\n"
+        f'  TOKEN=$(timesheets token --email ann@example.com --scope "{EMPLOYEE_SCOPES}")\n'
+        f'  curl -H "Authorization: Bearer $TOKEN" http://{host}:{port}/timesheets\n'
+        f"API document: http://{host}:{port}/docs\n"
+    )
+
+
+def _run(factory: str, host: str, port: int, workers: int) -> None:
+    uvicorn.run(
+        factory, factory=True, host=host, port=port, workers=workers, access_log=False,
+        log_level="info", server_header=False, timeout_graceful_shutdown=10,
+    )
+
+
+@main.command()
+@click.option("--email", help="the user's email (put in the email claim)")
+@click.option("--scope", "scopes", default=None, help=f'space-separated scopes [default: "{EMPLOYEE_SCOPES}"]')
+@click.option("--sub", help="the subject; defaults to one derived from the email")
+@click.option("--machine", is_flag=True, help="a client-credentials token: batch:upload, no email")
+@click.option("--lifetime", default=3600, show_default=True, type=click.IntRange(1, 31 * 86400),
+              help="seconds until it expires")
+@click.option("--port", default=8080, show_default=True, type=int,
+              help="the dev server's port, if `timesheets dev` never ran here")
+def token(email: str | None, scopes: str | None, sub: str | None, machine: bool, lifetime: int,
+          port: int) -> None:
+    """Mint an access token for the development issuer of `timesheets dev`."""
+    from .auth import DevIssuer
+
+    state = DevState.load(default_port=port)
+    issuer = DevIssuer.from_key_file(state.issuer, Path(state.key_file))
+    if machine:
+        scope_list = (scopes or "batch:upload").split()
+        subject = sub or "dev-importer@clients"
+        claims = {"azp": subject.split("@")[0], "gty": "client-credentials"}
+        minted = issuer.mint(audience=state.audience, subject=subject, scopes=scope_list,
+                             lifetime=lifetime, extra_claims=claims)
+    else:
+        if not email and not sub:
+            raise click.UsageError("give --email (or --sub), or --machine")
+        scope_list = (scopes if scopes is not None else EMPLOYEE_SCOPES).split()
+        minted = issuer.mint(audience=state.audience, subject=sub or f"dev|{email}", email=email,
+                             scopes=scope_list, lifetime=lifetime)
+    click.echo(minted)
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command()
+def upgrade() -> None:
+    """Apply the schema migrations (the service also does this when it starts)."""
+    settings = _settings()
+    _upgrade(settings)
+    click.echo("database is up to date")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

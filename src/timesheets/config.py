@@ -1,0 +1,151 @@
+"""Typed settings from TIMESHEETS_* variables, a .env file and the seed's AUTH0_* names.
+
+Nothing is read at import: `load_settings()` reads the environment when the command line asks for it,
+and refuses bad configuration with a sentence that names the variable.
+"""
+
+import ipaddress
+import re
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .auth import AuthConfig, IssuerConfig
+from .auth.config import ASYMMETRIC_ALGORITHMS
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+_PLACEHOLDER = re.compile(r"\$\{[^}]*\}|\{[A-Z_]+\}")
+
+
+class ConfigError(Exception):
+    """Configuration that the service refuses to start with; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TIMESHEETS_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    auth0_domain: str | None = Field(None, validation_alias=AliasChoices("AUTH0_DOMAIN"))
+    issuer: CommaList = ()
+    audience: CommaList = Field(
+        (), validation_alias=AliasChoices("TIMESHEETS_AUDIENCE", "AUTH0_AUDIENCE", "audience")
+    )
+    jwks_uri: str | None = None
+    algorithms: CommaList = ("RS256",)
+    email_claim: str = "https://api.exampleco.com/email"
+    database_url: str = "sqlite:///timesheets.db"
+    cors_origins: CommaList = ("*",)
+    leeway_seconds: int = Field(30, ge=0, le=300)
+    max_token_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    jwks_ttl_seconds: float = Field(600.0, ge=1.0)
+    jwks_refreshes_per_minute: int = Field(5, ge=1, le=600)
+    jwks_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    max_page_size: int = Field(1000, ge=1, le=10000)
+    dev_issuer_key_file: str | None = None
+
+    @field_validator("issuer", "audience", "algorithms", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if not self.issuer and self.auth0_domain:
+            _refuse_placeholder("AUTH0_DOMAIN", self.auth0_domain)
+            self.issuer = (f"https://{self.auth0_domain.strip().strip('/')}/",)
+        _require("TIMESHEETS_ISSUER (or AUTH0_DOMAIN)", self.issuer, "the token issuer's URL")
+        _require("TIMESHEETS_AUDIENCE (or AUTH0_AUDIENCE)", self.audience, "your API identifier")
+        for issuer in self.issuer:
+            _check_url("TIMESHEETS_ISSUER", issuer)
+        for audience in self.audience:
+            _refuse_placeholder("TIMESHEETS_AUDIENCE", audience)
+        if self.jwks_uri is not None:
+            _check_url("TIMESHEETS_JWKS_URI", self.jwks_uri)
+        _check_algorithms(self.algorithms)
+        return self
+
+    def auth_config(self) -> AuthConfig:
+        issuers = tuple(
+            IssuerConfig(issuer, self.jwks_uri or f"{issuer.rstrip('/')}/.well-known/jwks.json")
+            for issuer in self.issuer
+        )
+        return AuthConfig(
+            issuers=issuers,
+            audiences=self.audience,
+            algorithms=self.algorithms,
+            email_claim=self.email_claim,
+            leeway_seconds=self.leeway_seconds,
+            max_token_bytes=self.max_token_bytes,
+            jwks_ttl_seconds=self.jwks_ttl_seconds,
+            jwks_refreshes_per_minute=self.jwks_refreshes_per_minute,
+            jwks_timeout_seconds=self.jwks_timeout_seconds,
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and .env, or ConfigError with one sentence per problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    sentences = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            variable = "TIMESHEETS_" + str(error["loc"][0]).upper()
+            message = f"{variable} is invalid: {message}"
+        sentences.append(message if message.endswith(".") else message + ".")
+    return " ".join(sentences)
+
+
+def _require(variable: str, value: tuple[str, ...], what: str) -> None:
+    if not value:
+        raise ValueError(f"{variable} is not set: set it to {what}")
+
+
+def _refuse_placeholder(variable: str, value: str) -> None:
+    # The seed's sample shipped 'https://${account.namespace}/' in single quotes: never expanded.
+    if _PLACEHOLDER.search(value):
+        raise ValueError(f"{variable} holds an unexpanded placeholder ({value!r}): put the real value")
+
+
+def _check_url(variable: str, url: str) -> None:
+    _refuse_placeholder(variable, url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{variable} must be an https:// URL, not {url!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"{variable} uses http:// for {parts.hostname}, which is not a loopback host: use https://"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_algorithms(algorithms: tuple[str, ...]) -> None:
+    if not algorithms:
+        raise ValueError("TIMESHEETS_ALGORITHMS is empty: allow at least RS256")
+    for alg in algorithms:
+        if alg.upper().startswith("HS") or alg.lower() == "none":
+            raise ValueError(
+                f"TIMESHEETS_ALGORITHMS lists {alg}, which is not an asymmetric algorithm: "
+                "a resource server must verify with the issuer's public keys only"
+            )
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            raise ValueError(f"TIMESHEETS_ALGORITHMS lists {alg}, an unknown algorithm")

@@ -1,0 +1,203 @@
+"""Database access through the drivers themselves: the stdlib's sqlite3, or asyncpg for PostgreSQL.
+
+Both speak the same SQL, written with `:name` parameters; for asyncpg they are rewritten to `$n` once
+per statement. An ORM or SQLAlchemy Core in the request path cost more than everything else a request
+does (see bench/README.md); SQLAlchemy is kept for what it is best at here, the migrations.
+
+SQLite runs on the event loop thread: its statements take microseconds, WAL lets readers proceed
+beside the single writer, and one connection per process serialises writes without a thread hop.
+Transactions are `BEGIN IMMEDIATE`, so a read-then-write (the daily cap) cannot interleave with
+another writer, in this process or another.
+"""
+
+import asyncio
+import datetime as dt
+import functools
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+
+from .errors import DatabaseUnavailable
+
+Row = Sequence[Any]
+Params = Mapping[str, Any]
+
+
+class Connection(Protocol):
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]: ...
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None: ...
+    async def lock(self, key: str) -> None:
+        """Serialise transactions that name the same key, until this transaction ends."""
+
+
+class Database(Protocol):
+    dialect: str
+
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]: ...
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None: ...
+    def transaction(self) -> Any: ...  # async context manager yielding a Connection
+    async def close(self) -> None: ...
+
+
+async def connect(url: str) -> Database:
+    """A database for a SQLAlchemy-style URL: `sqlite:///file.db` or `postgresql://...`."""
+    if url.startswith("sqlite"):
+        return SqliteDatabase(sqlite_path(url))
+    return await PostgresDatabase.open(postgres_dsn(url))
+
+
+def sqlite_path(url: str) -> str:
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    return path or ":memory:"
+
+
+def postgres_dsn(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.split("+")[0] in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url}")
+    return "postgresql://" + rest
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _sqlite_params(params: Params | None) -> dict[str, Any]:
+    return {name: _sqlite_value(value) for name, value in (params or {}).items()}
+
+
+class _SqliteConnection:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        try:
+            return self._connection.execute(sql, _sqlite_params(params)).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise DatabaseUnavailable() from exc
+
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def lock(self, key: str) -> None:
+        """Nothing to do: BEGIN IMMEDIATE already holds the database's single write lock."""
+
+
+class SqliteDatabase(_SqliteConnection):
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        connection.execute("PRAGMA foreign_keys=ON")
+        super().__init__(connection)
+        self._write_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteConnection]:
+        async with self._write_lock:
+            try:
+                self._connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise DatabaseUnavailable() from exc
+            try:
+                yield self
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            else:
+                self._connection.execute("COMMIT")
+
+    async def close(self) -> None:
+        self._connection.close()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+
+
+@functools.lru_cache(maxsize=256)
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`:name` parameters rewritten to asyncpg's `$n`, with the names in order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _NAMED.sub(number, sql), tuple(names)
+
+
+def _args(names: tuple[str, ...], params: Params | None) -> list[Any]:
+    return [params[name] for name in names] if params else []
+
+
+class _PostgresConnection:
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        query, names = _positional(sql)
+        try:
+            rows: list[Row] = await self._connection.fetch(query, *_args(names, params))
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable() from exc
+        return rows
+
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def lock(self, key: str) -> None:
+        await self.fetch_all(
+            "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", {"key": key}
+        )
+
+
+class PostgresDatabase(_PostgresConnection):
+    dialect = "postgresql"
+
+    @classmethod
+    async def open(cls, dsn: str) -> "PostgresDatabase":
+        # min_size=0: start even while the database is down; requests then get 503, not a crash.
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=10, timeout=5.0)
+        return cls(pool)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PostgresConnection]:
+        try:
+            connection = await self._connection.acquire()
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable() from exc
+        try:
+            async with connection.transaction():
+                yield _PostgresConnection(connection)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable() from exc
+        finally:
+            await self._connection.release(connection)
+
+    async def close(self) -> None:
+        await self._connection.close()

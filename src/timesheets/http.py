@@ -1,0 +1,81 @@
+"""Request bodies in, JSON out: the small pieces of HTTP that every route shares."""
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed `max_bytes`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"at most {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"at most {max_bytes} bytes")
+    return bytes(body)
+
+
+async def read_payload(request: Request, max_bytes: int) -> Any:
+    """The body as JSON or form fields; None when there is no body at all.
+
+    Raises:
+        PayloadTooLarge, UnsupportedMediaType, MalformedBody, ValidationFailed.
+    """
+    body = await read_body(request, max_bytes)
+    if not body.strip():
+        return None
+    media_type, _, parameters = request.headers.get("content-type", "").partition(";")
+    media_type = media_type.strip().lower()
+    _check_charset(parameters)
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return _parse_json(body)
+    if media_type == _FORM:
+        return _parse_form(body)
+    raise UnsupportedMediaType(f"not {media_type or 'an unlabelled body'}")
+
+
+def _check_charset(parameters: str) -> None:
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise UnsupportedMediaType("only UTF-8 bodies are accepted")
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise MalformedBody("the body is not valid JSON") from None
+
+
+def _parse_form(body: bytes) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedBody("the body is not valid form data") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise ValidationFailed.field(name, f"{name} is given more than once")
+        fields[name] = value
+    return fields

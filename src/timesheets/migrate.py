@@ -1,0 +1,48 @@
+"""Schema migrations, applied by the service itself (Alembic, scripts shipped inside the package)."""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from .db import postgres_dsn
+
+_SCRIPTS = Path(__file__).parent / "migrations"
+# Several workers or hosts may start at once: the first upgrades, the others wait and find nothing to do.
+_LOCK_ID = 7_245_001
+
+
+def upgrade(database_url: str) -> None:
+    """Bring the database at `database_url` to the newest schema."""
+    if database_url.startswith("sqlite"):
+        engine = create_engine(database_url)
+        try:
+            with engine.begin() as connection:
+                _run(connection)
+        finally:
+            engine.dispose()
+    else:
+        asyncio.run(_upgrade_postgres(database_url))
+
+
+async def _upgrade_postgres(database_url: str) -> None:
+    url = postgres_dsn(database_url).replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_ID})"))
+            await connection.run_sync(_run)
+    finally:
+        await engine.dispose()
+
+
+def _run(connection: Connection, *_: Any) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(_SCRIPTS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

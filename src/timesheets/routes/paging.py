@@ -1,0 +1,31 @@
+"""Paging shared by the list endpoints: bare JSON arrays, the next page in a `Link` header."""
+
+from typing import Any
+
+from starlette.requests import Request
+
+from ..api import query_int
+from ..http import JSONResponse
+from ..service import Page, decode_cursor, encode_cursor
+
+PAGING_QUERY: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("limit", "page size; without it, up to the server's cap (1000)", {"type": "integer",
+                                                                      "minimum": 1}),
+    ("cursor", "opaque position, from the previous page's Link header", {"type": "string"}),
+)
+
+
+def page_of(request: Request) -> Page:
+    cap: int = request.app.state.settings.max_page_size
+    limit = query_int(request, "limit", low=1, high=cap) or cap
+    cursor = request.query_params.get("cursor")
+    return Page(limit=limit, after=decode_cursor(cursor) if cursor else None)
+
+
+def paged_response(request: Request, entries: list[dict[str, Any]], page: Page) -> JSONResponse:
+    """The page as a bare array; RFC 8288 `Link: <...>; rel="next"` when more entries follow."""
+    if len(entries) <= page.limit:
+        return JSONResponse(entries)
+    entries = entries[: page.limit]
+    next_url = request.url.include_query_params(cursor=encode_cursor(entries[-1]))
+    return JSONResponse(entries, headers={"Link": f'<{next_url}>; rel="next"'})

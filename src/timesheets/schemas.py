@@ -1,0 +1,151 @@
+"""Request and response shapes. The models validate input strictly and feed the OpenAPI document."""
+
+import datetime as dt
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+from .errors import FieldError, ValidationFailed
+from .inputs import InputError, parse_hours, parse_work_date
+
+
+def _as_custom_error(parse: Any) -> Any:
+    def validate(value: Any) -> Any:
+        try:
+            return parse(value)
+        except InputError as exc:
+            raise PydanticCustomError("invalid_value", str(exc)) from None
+
+    return validate
+
+
+WorkDate = Annotated[
+    dt.date,
+    BeforeValidator(_as_custom_error(parse_work_date)),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "YYYY-MM-DD, an ISO 8601 date-time (its date as written), or Java's "
+            "Date.toString() (Mon Jul 10 14:32:11 GMT+02:00 2017)",
+            "examples": ["2017-07-10"],
+        }
+    ),
+]
+HourCents = Annotated[
+    int,
+    BeforeValidator(_as_custom_error(parse_hours)),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 24, "multipleOf": 0.01},
+                {"type": "string", "pattern": r"^(\d+(\.\d+)?|\.\d+)$"},
+            ],
+            "description": "hours worked: more than 0, at most 24, at most two decimals",
+            "examples": [7.5],
+        }
+    ),
+]
+Project = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Notes = Annotated[str, StringConstraints(max_length=2000)]
+UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EntryCreate(_Input):
+    """A new entry for the caller. Read-only fields (id, user_id, status, ...) are ignored."""
+
+    project: Project
+    date: WorkDate
+    hours: HourCents
+    notes: Notes | None = None
+
+
+class EntryUpload(EntryCreate):
+    """An entry uploaded by a batch client on behalf of `user_id` (an external employee id)."""
+
+    user_id: UserId
+
+
+class EntryUpdate(_Input):
+    """The fields to change; at least one."""
+
+    project: Project | None = None
+    date: WorkDate | None = None
+    hours: HourCents | None = None
+    notes: Notes | None = None
+
+
+class Rejection(_Input):
+    reason: Reason
+
+
+class Approval(_Input):
+    """`PUT /approvals/{id}` takes no body, an empty one, or `{}`."""
+
+
+class EntryPublic(BaseModel):
+    """An entry as every response shows it (hours as a JSON number)."""
+
+    id: int
+    user_id: str
+    date: dt.date
+    project: str
+    hours: float
+    notes: str
+    status: Literal["pending", "approved", "rejected"]
+    approved: bool = Field(description="status == 'approved', kept for the reference clients")
+    rejection_reason: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    detail: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+READ_ONLY_FIELDS = ("id", "user_id", "status", "approved", "rejection_reason", "created_at",
+                    "updated_at")
+
+
+def validate(model: type[M], data: Any, *, prefix: str = "") -> M:
+    """`data` as `model`, or ValidationFailed naming each field at fault."""
+    if not isinstance(data, dict):
+        raise ValidationFailed.field(prefix or "body", "must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed([_field_error(error, prefix) for error in exc.errors()]) from None
+
+
+def _field_error(error: Any, prefix: str) -> FieldError:
+    location = ".".join(str(part) for part in error["loc"]) or "body"
+    field = f"{prefix}.{location}" if prefix else location
+    if error["type"] == "missing":
+        return FieldError(field, f"{location} is required")
+    if error["type"] == "extra_forbidden":
+        return FieldError(field, f"{location} is not a known field")
+    return FieldError(field, f"{location} {_lowercase_first(error['msg'])}")
+
+
+def _lowercase_first(message: str) -> str:
+    if message[:1].isupper() and not message[1:2].isupper():
+        return message[0].lower() + message[1:]
+    return message
