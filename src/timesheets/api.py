@@ -48,7 +48,9 @@ class Operation:
         return Route(self.path, endpoint, methods=[self.method])
 
 
-def operation(method: str, path: str, *, scope: str, **options: Any) -> Callable[[Handler], Operation]:
+def operation(
+    method: str, path: str, *, scope: str, **options: Any
+) -> Callable[[Handler], Operation]:
     def declare(handler: Handler) -> Operation:
         return Operation(method, path, handler, scope, **options)
 

@@ -1,9 +1,9 @@
 """The application factory: nothing is built at import, everything in create_app()."""
 
 import logging
-from pathlib import Path
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -24,8 +24,14 @@ from .routes import OPERATIONS, health
 
 logger = logging.getLogger("timesheets")
 
-CORS_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key",
-                "X-Request-ID"]
+CORS_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "If-None-Match",
+    "Idempotency-Key",
+    "X-Request-ID",
+]
 EXPOSED_HEADERS = ["Link", "Location", "WWW-Authenticate", "Retry-After", "ETag", "X-Request-ID"]
 
 
@@ -40,7 +46,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         auth = settings.auth_config()
-        timeout = httpx.Timeout(auth.jwks_timeout_seconds, connect=min(2.0, auth.jwks_timeout_seconds))
+        timeout = httpx.Timeout(
+            auth.jwks_timeout_seconds, connect=min(2.0, auth.jwks_timeout_seconds)
+        )
         async with httpx.AsyncClient(
             timeout=timeout, follow_redirects=False, transport=jwks_transport, trust_env=False
         ) as client:
@@ -51,7 +59,8 @@ def create_app(
             finally:
                 await app.state.db.close()
 
-    routes: list[BaseRoute] = [op.route() for op in OPERATIONS] + health.ROUTES
+    routes: list[BaseRoute] = [op.route() for op in OPERATIONS]
+    routes += health.ROUTES
     if dev_issuer is not None:
         routes += _dev_issuer_routes(dev_issuer)
     app = Starlette(

@@ -83,22 +83,42 @@ def _dev_banner(host: str, port: int, state: DevState, database_url: str) -> str
 
 def _run(factory: str, host: str, port: int, workers: int) -> None:
     uvicorn.run(
-        factory, factory=True, host=host, port=port, workers=workers, access_log=False,
-        log_level="info", server_header=False, timeout_graceful_shutdown=10,
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_level="info",
+        server_header=False,
+        timeout_graceful_shutdown=10,
     )
 
 
 @main.command()
 @click.option("--email", help="the user's email (put in the email claim)")
-@click.option("--scope", "scopes", default=None, help=f'space-separated scopes [default: "{EMPLOYEE_SCOPES}"]')
+@click.option(
+    "--scope", "scopes", default=None, help=f'space-separated scopes [default: "{EMPLOYEE_SCOPES}"]'
+)
 @click.option("--sub", help="the subject; defaults to one derived from the email")
 @click.option("--machine", is_flag=True, help="a client-credentials token: batch:upload, no email")
-@click.option("--lifetime", default=3600, show_default=True, type=click.IntRange(1, 31 * 86400),
-              help="seconds until it expires")
-@click.option("--port", default=8080, show_default=True, type=int,
-              help="the dev server's port, if `timesheets dev` never ran here")
-def token(email: str | None, scopes: str | None, sub: str | None, machine: bool, lifetime: int,
-          port: int) -> None:
+@click.option(
+    "--lifetime",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(1, 31 * 86400),
+    help="seconds until it expires",
+)
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=int,
+    help="the dev server's port, if `timesheets dev` never ran here",
+)
+def token(
+    email: str | None, scopes: str | None, sub: str | None, machine: bool, lifetime: int, port: int
+) -> None:
     """Mint an access token for the development issuer of `timesheets dev`."""
     from .auth import DevIssuer
 
@@ -108,14 +128,24 @@ def token(email: str | None, scopes: str | None, sub: str | None, machine: bool,
         scope_list = (scopes or "batch:upload").split()
         subject = sub or "dev-importer@clients"
         claims = {"azp": subject.split("@")[0], "gty": "client-credentials"}
-        minted = issuer.mint(audience=state.audience, subject=subject, scopes=scope_list,
-                             lifetime=lifetime, extra_claims=claims)
+        minted = issuer.mint(
+            audience=state.audience,
+            subject=subject,
+            scopes=scope_list,
+            lifetime=lifetime,
+            extra_claims=claims,
+        )
     else:
         if not email and not sub:
             raise click.UsageError("give --email (or --sub), or --machine")
         scope_list = (scopes if scopes is not None else EMPLOYEE_SCOPES).split()
-        minted = issuer.mint(audience=state.audience, subject=sub or f"dev|{email}", email=email,
-                             scopes=scope_list, lifetime=lifetime)
+        minted = issuer.mint(
+            audience=state.audience,
+            subject=sub or f"dev|{email}",
+            email=email,
+            scopes=scope_list,
+            lifetime=lifetime,
+        )
     click.echo(minted)
 
 

@@ -115,7 +115,9 @@ def _require(variable: str, value: tuple[str, ...], what: str) -> None:
 def _refuse_placeholder(variable: str, value: str) -> None:
     # The seed's sample shipped 'https://${account.namespace}/' in single quotes: never expanded.
     if _PLACEHOLDER.search(value):
-        raise ValueError(f"{variable} holds an unexpanded placeholder ({value!r}): put the real value")
+        raise ValueError(
+            f"{variable} holds an unexpanded placeholder ({value!r}): put the real value"
+        )
 
 
 def _check_url(variable: str, url: str) -> None:

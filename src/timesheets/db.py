@@ -58,7 +58,7 @@ def sqlite_path(url: str) -> str:
 
 def postgres_dsn(url: str) -> str:
     scheme, sep, rest = url.partition("://")
-    if not sep or not scheme.split("+")[0] in ("postgresql", "postgres"):
+    if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
         raise ValueError(f"not a PostgreSQL URL: {url}")
     return "postgresql://" + rest
 
@@ -132,8 +132,13 @@ class SqliteDatabase(_SqliteConnection):
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
-_UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
 
 
 @functools.lru_cache(maxsize=256)

@@ -41,7 +41,9 @@ def parse_work_date(value: Any) -> dt.date:
     match = _JAVA_DATE.fullmatch(text)
     if match:
         return _java_date(*match.groups())
-    raise InputError("is not a date in a known form (YYYY-MM-DD, ISO 8601, or Java's Date.toString())")
+    raise InputError(
+        "is not a date in a known form (YYYY-MM-DD, ISO 8601, or Java's Date.toString())"
+    )
 
 
 def _calendar_date(text: str) -> dt.date:

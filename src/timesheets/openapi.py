@@ -10,10 +10,16 @@ from .api import Operation
 from .schemas import EntryPublic, ErrorBody
 
 _STATUS_TEXT = {
-    200: "OK", 201: "Created", 204: "No content", 401: "Missing or invalid token",
+    200: "OK",
+    201: "Created",
+    204: "No content",
+    401: "Missing or invalid token",
     403: "Forbidden: a scope is missing, or the action is not allowed to the caller",
-    404: "Not found (someone else's entries are not found either)", 409: "State conflict",
-    413: "Body too large", 415: "Unsupported media type", 422: "Invalid input, with the fields",
+    404: "Not found (someone else's entries are not found either)",
+    409: "State conflict",
+    413: "Body too large",
+    415: "Unsupported media type",
+    422: "Invalid input, with the fields",
     503: "Key server or database unavailable; see Retry-After",
 }
 _BODY_TYPES = ("application/json", "application/x-www-form-urlencoded")
@@ -61,17 +67,18 @@ def _operation(op: Operation) -> dict[str, Any]:
         "x-required-scopes": [op.scope],
         "responses": _responses(op),
     }
-    parameters = [
+    parameters: list[dict[str, Any]] = [
         {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
         for name, text, schema in op.query
     ]
     if "{entry_id}" in op.path:
-        parameters.append({"name": "entry_id", "in": "path", "required": True,
-                           "schema": {"type": "integer"}})
+        parameters.append(
+            {"name": "entry_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+        )
     if parameters:
         document["parameters"] = parameters
     if op.body:
-        schema = _ref(op.body[0])
+        schema: dict[str, Any] = _ref(op.body[0])
         if op.extra.get("x-accepts-array"):
             schema = {"oneOf": [schema, {"type": "array", "items": schema}]}
         document["requestBody"] = {
@@ -100,9 +107,20 @@ def _responses(op: Operation) -> dict[str, Any]:
 def _health_paths() -> dict[str, Any]:
     plain = {"200": {"description": "OK"}}
     return {
-        "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness.", "security": [],
-                             "responses": plain}},
-        "/readyz": {"get": {"operationId": "readyz", "security": [],
-                            "summary": "Readiness: the database and each issuer's key source.",
-                            "responses": {**plain, "503": {"description": "Not ready"}}}},
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness.",
+                "security": [],
+                "responses": plain,
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "security": [],
+                "summary": "Readiness: the database and each issuer's key source.",
+                "responses": {**plain, "503": {"description": "Not ready"}},
+            }
+        },
     }

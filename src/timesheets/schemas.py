@@ -121,8 +121,15 @@ class ErrorBody(BaseModel):
 
 M = TypeVar("M", bound=BaseModel)
 
-READ_ONLY_FIELDS = ("id", "user_id", "status", "approved", "rejection_reason", "created_at",
-                    "updated_at")
+READ_ONLY_FIELDS = (
+    "id",
+    "user_id",
+    "status",
+    "approved",
+    "rejection_reason",
+    "created_at",
+    "updated_at",
+)
 
 
 def validate(model: type[M], data: Any, *, prefix: str = "") -> M:

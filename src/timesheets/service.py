@@ -261,8 +261,13 @@ async def _decide(
         updated = await tx.fetch_one(
             "UPDATE timesheet_entry SET status = :status, rejection_reason = :reason, "
             f"decided_by = :approver, updated_at = :now WHERE id = :id RETURNING {_COLUMNS}",
-            {"status": to.value, "reason": reason, "approver": approver, "now": _now(),
-             "id": entry_id},
+            {
+                "status": to.value,
+                "reason": reason,
+                "approver": approver,
+                "now": _now(),
+                "id": entry_id,
+            },
         )
         assert updated is not None
         return entry_from_row(updated)
@@ -312,4 +317,6 @@ def decode_cursor(cursor: str) -> tuple[str, int]:
             raise ValueError(id_text)
         return date_text, entry_id
     except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed.field("cursor", "cursor is not one this service handed out") from None
+        raise ValidationFailed.field(
+            "cursor", "cursor is not one this service handed out"
+        ) from None

@@ -36,4 +36,3 @@ __all__ = [
     "bearer_token",
     "scopes_from_claims",
 ]
-

@@ -201,4 +201,3 @@ def _parse_jwks(body: bytes) -> dict[str | None, _Key]:
     if not keys:
         raise KeyFetchError("key set holds no usable signing key")
     return keys
-

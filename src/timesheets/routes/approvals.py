@@ -13,8 +13,15 @@ from .paging import PAGING_QUERY, page_of, paged_response
 _MAX_DECISION_BYTES = 16 * 1024
 
 
-@operation("GET", "/approvals", scope="approve:timesheets", response=EntryPublic,
-           response_is_list=True, errors=(422,), query=PAGING_QUERY)
+@operation(
+    "GET",
+    "/approvals",
+    scope="approve:timesheets",
+    response=EntryPublic,
+    response_is_list=True,
+    errors=(422,),
+    query=PAGING_QUERY,
+)
 async def list_approvals(request: Request, principal: Principal) -> Response:
     """List the pending entries of all users, uploaded ones too, oldest first."""
     page = page_of(request)
@@ -23,8 +30,14 @@ async def list_approvals(request: Request, principal: Principal) -> Response:
     return paged_response(request, entries, page)
 
 
-@operation("PUT", "/approvals/{entry_id}", scope="approve:timesheets", body=(Approval,),
-           response=EntryPublic, errors=(403, 404, 409, 415, 422))
+@operation(
+    "PUT",
+    "/approvals/{entry_id}",
+    scope="approve:timesheets",
+    body=(Approval,),
+    response=EntryPublic,
+    errors=(403, 404, 409, 415, 422),
+)
 async def approve_entry(request: Request, principal: Principal) -> Response:
     """Approve an entry (again: no change); not one's own, not a rejected one."""
     entry_id = path_id(request)
@@ -37,8 +50,14 @@ async def approve_entry(request: Request, principal: Principal) -> Response:
     return JSONResponse(entry)
 
 
-@operation("POST", "/approvals/{entry_id}/reject", scope="approve:timesheets",
-           body=(Rejection,), response=EntryPublic, errors=(403, 404, 409, 415, 422))
+@operation(
+    "POST",
+    "/approvals/{entry_id}/reject",
+    scope="approve:timesheets",
+    body=(Rejection,),
+    response=EntryPublic,
+    errors=(403, 404, 409, 415, 422),
+)
 async def reject_entry(request: Request, principal: Principal) -> Response:
     """Reject a pending entry with a reason; its owner may then edit it."""
     entry_id = path_id(request)

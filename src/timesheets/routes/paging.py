@@ -9,8 +9,11 @@ from ..http import JSONResponse
 from ..service import Page, decode_cursor, encode_cursor
 
 PAGING_QUERY: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("limit", "page size; without it, up to the server's cap (1000)", {"type": "integer",
-                                                                      "minimum": 1}),
+    (
+        "limit",
+        "page size; without it, up to the server's cap (1000)",
+        {"type": "integer", "minimum": 1},
+    ),
     ("cursor", "opaque position, from the previous page's Link header", {"type": "string"}),
 )
 

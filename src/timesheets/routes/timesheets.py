@@ -18,8 +18,11 @@ _FILTERS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("from", "first date, YYYY-MM-DD", {"type": "string", "format": "date"}),
     ("to", "last date, YYYY-MM-DD", {"type": "string", "format": "date"}),
     ("project", "exact project name", {"type": "string"}),
-    ("status", "pending, approved or rejected",
-     {"type": "string", "enum": ["pending", "approved", "rejected"]}),
+    (
+        "status",
+        "pending, approved or rejected",
+        {"type": "string", "enum": ["pending", "approved", "rejected"]},
+    ),
 )
 
 
@@ -41,8 +44,15 @@ def _created(entry: dict[str, Any]) -> JSONResponse:
     return JSONResponse(entry, status_code=201, headers={"Location": f"/timesheets/{entry['id']}"})
 
 
-@operation("POST", "/timesheets", scope="create:timesheets", status=201, body=(EntryCreate,),
-           response=EntryPublic, errors=(409, 413, 415, 422))
+@operation(
+    "POST",
+    "/timesheets",
+    scope="create:timesheets",
+    status=201,
+    body=(EntryCreate,),
+    response=EntryPublic,
+    errors=(409, 413, 415, 422),
+)
 async def create_timesheet(request: Request, principal: Principal) -> Response:
     """Record an entry for the caller."""
     data = validate(EntryCreate, _writable(await _payload(request)))
@@ -52,8 +62,15 @@ async def create_timesheet(request: Request, principal: Principal) -> Response:
     return _created(created[0])
 
 
-@operation("GET", "/timesheets", scope="read:timesheets", response=EntryPublic,
-           response_is_list=True, errors=(422,), query=(*_FILTERS, *PAGING_QUERY))
+@operation(
+    "GET",
+    "/timesheets",
+    scope="read:timesheets",
+    response=EntryPublic,
+    response_is_list=True,
+    errors=(422,),
+    query=(*_FILTERS, *PAGING_QUERY),
+)
 async def list_timesheets(request: Request, principal: Principal) -> Response:
     """List the caller's own entries, oldest first."""
     status = request.query_params.get("status")
@@ -71,8 +88,9 @@ async def list_timesheets(request: Request, principal: Principal) -> Response:
     return paged_response(request, entries, page)
 
 
-@operation("GET", "/timesheets/{entry_id}", scope="read:timesheets", response=EntryPublic,
-           errors=(404,))
+@operation(
+    "GET", "/timesheets/{entry_id}", scope="read:timesheets", response=EntryPublic, errors=(404,)
+)
 async def get_timesheet(request: Request, principal: Principal) -> Response:
     """Show one of the caller's own entries."""
     row = await service.get_entry(
@@ -81,14 +99,22 @@ async def get_timesheet(request: Request, principal: Principal) -> Response:
     return JSONResponse(service.entry_from_row(row))
 
 
-@operation("PATCH", "/timesheets/{entry_id}", scope="create:timesheets", body=(EntryUpdate,),
-           response=EntryPublic, errors=(404, 409, 413, 415, 422))
+@operation(
+    "PATCH",
+    "/timesheets/{entry_id}",
+    scope="create:timesheets",
+    body=(EntryUpdate,),
+    response=EntryPublic,
+    errors=(404, 409, 413, 415, 422),
+)
 async def update_timesheet(request: Request, principal: Principal) -> Response:
     """Edit an own pending or rejected entry; a rejected one returns to pending."""
     entry_id = path_id(request)
     data = validate(EntryUpdate, _writable(await _payload(request)))
     changes = {
-        "work_date": data.date, "project": data.project, "hours_cents": data.hours,
+        "work_date": data.date,
+        "project": data.project,
+        "hours_cents": data.hours,
         "notes": data.notes,
     }
     if all(value is None for value in changes.values()):
@@ -99,8 +125,9 @@ async def update_timesheet(request: Request, principal: Principal) -> Response:
     return JSONResponse(updated)
 
 
-@operation("DELETE", "/timesheets/{entry_id}", scope="delete:timesheets", status=204,
-           errors=(404, 409))
+@operation(
+    "DELETE", "/timesheets/{entry_id}", scope="delete:timesheets", status=204, errors=(404, 409)
+)
 async def delete_timesheet(request: Request, principal: Principal) -> Response:
     """Delete an own pending or rejected entry."""
     await service.delete_entry(
@@ -109,9 +136,16 @@ async def delete_timesheet(request: Request, principal: Principal) -> Response:
     return Response(status_code=204)
 
 
-@operation("POST", "/timesheets/upload", scope="batch:upload", status=201,
-           body=(EntryUpload,), response=EntryPublic, errors=(413, 415, 422),
-           extra={"x-accepts-array": True})
+@operation(
+    "POST",
+    "/timesheets/upload",
+    scope="batch:upload",
+    status=201,
+    body=(EntryUpload,),
+    response=EntryPublic,
+    errors=(413, 415, 422),
+    extra={"x-accepts-array": True},
+)
 async def upload_timesheets(request: Request, principal: Principal) -> Response:
     """Upload one entry (answered with one) or an array (answered with an array); all or nothing."""
     payload = await _payload(request)
@@ -121,8 +155,9 @@ async def upload_timesheets(request: Request, principal: Principal) -> Response:
     if len(items) > MAX_UPLOAD_ENTRIES:
         raise PayloadTooLarge(f"at most {MAX_UPLOAD_ENTRIES} entries per upload")
     prefix = "[{}]" if isinstance(payload, list) else ""
-    uploads = [validate(EntryUpload, item, prefix=prefix.format(index))
-               for index, item in enumerate(items)]
+    uploads = [
+        validate(EntryUpload, item, prefix=prefix.format(index)) for index, item in enumerate(items)
+    ]
     created = await service.create_entries(
         request.app.state.db,
         entries=[_new_entry(upload, upload.user_id) for upload in uploads],
@@ -133,5 +168,11 @@ async def upload_timesheets(request: Request, principal: Principal) -> Response:
     return _created(created[0])
 
 
-OPERATIONS = (upload_timesheets, create_timesheet, list_timesheets, get_timesheet,
-              update_timesheet, delete_timesheet)
+OPERATIONS = (
+    upload_timesheets,
+    create_timesheet,
+    list_timesheets,
+    get_timesheet,
+    update_timesheet,
+    delete_timesheet,
+)
