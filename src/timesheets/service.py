@@ -49,35 +49,33 @@ _COLUMNS = (
 _SELECT = f"SELECT {_COLUMNS} FROM timesheet_entry"
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return str(value.isoformat())
+def _date_text(value: Any) -> str:
+    return value if type(value) is str else str(value.isoformat())
 
 
-def _timestamp(value: Any) -> str:
-    # Stored with microseconds; shown with milliseconds, which every client's parser reads.
-    text = _text(value)
-    return text[:23] + "Z" if len(text) > 24 else text
+def _timestamp_text(value: Any) -> str:
+    # Stored with microseconds (text in SQLite, timestamptz in PostgreSQL); shown with
+    # milliseconds and a Z, which every client's parser reads.
+    if type(value) is not str:
+        value = value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{value[:23]}Z"
 
 
 def entry_from_row(row: Row) -> dict[str, Any]:
-    """The public shape of an entry (see schemas.EntryPublic)."""
-    status = row[6]
+    """The public shape of an entry (see schemas.EntryPublic). On the hot path of every list."""
+    entry_id, user_id, work_date, project, cents, notes, status, reason, created, updated = row
     return {
-        "id": row[0],
-        "user_id": row[1],
-        "date": _text(row[2]),
-        "project": row[3],
-        "hours": row[4] / 100,
-        "notes": row[5],
+        "id": entry_id,
+        "user_id": user_id,
+        "date": work_date if type(work_date) is str else work_date.isoformat(),
+        "project": project,
+        "hours": cents / 100,
+        "notes": notes,
         "status": status,
         "approved": status == "approved",
-        "rejection_reason": row[7],
-        "created_at": _timestamp(row[8]),
-        "updated_at": _timestamp(row[9]),
+        "rejection_reason": reason,
+        "created_at": _timestamp_text(created),
+        "updated_at": _timestamp_text(updated),
     }
 
 
@@ -180,7 +178,7 @@ async def update_entry(
             raise Conflict("an approved entry cannot be changed")
         merged = NewEntry(
             user_id=user_id,
-            work_date=changes.get("work_date") or dt.date.fromisoformat(_text(row[2])),
+            work_date=changes.get("work_date") or dt.date.fromisoformat(_date_text(row[2])),
             project=changes.get("project") or row[3],
             hours_cents=changes.get("hours_cents") or row[4],
             notes=changes["notes"] if changes.get("notes") is not None else row[5],

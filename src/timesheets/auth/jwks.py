@@ -66,6 +66,7 @@ class JwksCache:
         self._recent: deque[float] = deque()
         self._inflight: asyncio.Future[None] | None = None
         self.fetches = 0
+        self.generation = 0  # moves on with every key set stored; see TokenVerifier's memo
         self.last_error: str | None = None
 
     def state(self) -> KeySourceState:
@@ -81,7 +82,7 @@ class JwksCache:
             InvalidToken: no such key (after at most one rate-limited refresh), or it does not fit `alg`.
             KeySourceUnavailable: the key server cannot be reached and no cached key can decide.
         """
-        if self._is_expired():
+        if self.is_expired():
             await self._refresh_or_keep_stale()
         jwk = self._lookup(kid)
         if jwk is None and self._may_refresh():
@@ -98,7 +99,8 @@ class JwksCache:
             return next(iter(self._keys.values()), None)
         return self._keys.get(kid)
 
-    def _is_expired(self) -> bool:
+    def is_expired(self) -> bool:
+        """Whether the keys are due for a refresh (or were never fetched)."""
         return self._fetched_at is None or self._clock() - self._fetched_at >= self._ttl
 
     def _may_refresh(self) -> bool:
@@ -150,6 +152,7 @@ class JwksCache:
             raise
         self._keys = keys
         self._fetched_at = self._clock()
+        self.generation += 1
         self.last_error = None
 
     async def _download(self) -> bytes:
