@@ -58,8 +58,9 @@ def issuer(key_server: KeyServer) -> DevIssuer:
 
 @pytest.fixture
 def make_token(issuer: DevIssuer) -> Callable[..., str]:
-    def make(email: str | None = "ann@example.com", scopes: tuple[str, ...] = EMPLOYEE,
-             **options: Any) -> str:
+    def make(
+        email: str | None = "ann@example.com", scopes: tuple[str, ...] = EMPLOYEE, **options: Any
+    ) -> str:
         options.setdefault("subject", f"auth0|{email or 'machine'}")
         return issuer.mint(audience=AUDIENCE, email=email, scopes=scopes, **options)
 
@@ -148,8 +149,14 @@ def mia(make_token: Callable[..., str]) -> dict[str, str]:
 @pytest.fixture
 def importer(make_token: Callable[..., str]) -> dict[str, str]:
     """The batch importer's headers: a machine token with batch:upload and no email."""
-    return bearer(make_token(None, ("batch:upload",), subject="importer@clients",
-                             extra_claims={"azp": "importer", "gty": "client-credentials"}))
+    return bearer(
+        make_token(
+            None,
+            ("batch:upload",),
+            subject="importer@clients",
+            extra_claims={"azp": "importer", "gty": "client-credentials"},
+        )
+    )
 
 
 ENTRY = {"project": "StoreZero", "date": "2017-07-10", "hours": 7.5}

@@ -2,6 +2,7 @@
 shapes; the same declarations build the Starlette routes and the OpenAPI document."""
 
 import datetime as dt
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ from .auth import InsufficientScope, Principal, TokenVerifier, bearer_token
 from .errors import NotFound, ValidationFailed
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
+# Only YYYY-MM-DD: date.fromisoformat also reads week dates (2017-W28-1) and other scripts' digits.
+_QUERY_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def query_date(request: Request, name: str) -> dt.date | None:
     if value is None:
         return None
     try:
-        return dt.date.fromisoformat(value) if len(value) == 10 else _bad_date(name)
+        return dt.date.fromisoformat(value) if _QUERY_DATE.fullmatch(value) else _bad_date(name)
     except ValueError:
         return _bad_date(name)
 

@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 import uvicorn
 
-from .config import ConfigError, Settings, load_settings
+from .config import (
+    ConfigError,
+    DatabaseSettings,
+    Settings,
+    load_database_settings,
+    load_settings,
+)
 from .devstate import DevState
 
 EMPLOYEE_SCOPES = "read:timesheets create:timesheets delete:timesheets"
@@ -26,7 +32,7 @@ def _settings() -> Settings:
         raise click.ClickException(f"refusing to start: {exc}") from None
 
 
-def _upgrade(settings: Settings) -> None:
+def _upgrade(settings: DatabaseSettings) -> None:
     from .migrate import upgrade
 
     try:
@@ -157,7 +163,10 @@ def db() -> None:
 @db.command()
 def upgrade() -> None:
     """Apply the schema migrations (the service also does this when it starts)."""
-    settings = _settings()
+    try:
+        settings = load_database_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     _upgrade(settings)
     click.echo("database is up to date")
 

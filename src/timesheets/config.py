@@ -16,18 +16,24 @@ from .auth import AuthConfig, IssuerConfig
 from .auth.config import ASYMMETRIC_ALGORITHMS
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
-_PLACEHOLDER = re.compile(r"\$\{[^}]*\}|\{[A-Z_]+\}")
+_PLACEHOLDER = re.compile(r"\$\{[^}]*\}|\{[A-Za-z_][\w.]*\}")
 
 
 class ConfigError(Exception):
     """Configuration that the service refuses to start with; the message names the variable."""
 
 
-class Settings(BaseSettings):
+class DatabaseSettings(BaseSettings):
+    """What `timesheets db upgrade` needs, and no more."""
+
     model_config = SettingsConfigDict(
         env_prefix="TIMESHEETS_", env_file=".env", extra="ignore", populate_by_name=True
     )
 
+    database_url: str = "sqlite:///timesheets.db"
+
+
+class Settings(DatabaseSettings):
     auth0_domain: str | None = Field(None, validation_alias=AliasChoices("AUTH0_DOMAIN"))
     issuer: CommaList = ()
     audience: CommaList = Field(
@@ -36,7 +42,6 @@ class Settings(BaseSettings):
     jwks_uri: str | None = None
     algorithms: CommaList = ("RS256",)
     email_claim: str = "https://api.exampleco.com/email"
-    database_url: str = "sqlite:///timesheets.db"
     cors_origins: CommaList = ("*",)
     leeway_seconds: int = Field(30, ge=0, le=300)
     max_token_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
@@ -58,13 +63,19 @@ class Settings(BaseSettings):
     def _check(self) -> "Settings":
         if not self.issuer and self.auth0_domain:
             _refuse_placeholder("AUTH0_DOMAIN", self.auth0_domain)
-            self.issuer = (f"https://{self.auth0_domain.strip().strip('/')}/",)
+            domain = self.auth0_domain.strip().strip("/")
+            if "/" in domain:  # e.g. 'https://example.eu.auth0.com': the issuer would never match
+                raise ValueError(
+                    f"AUTH0_DOMAIN must be a bare host name such as example.eu.auth0.com, "
+                    f"not {self.auth0_domain!r}"
+                )
+            self.issuer = (f"https://{domain}/",)
         _require("TIMESHEETS_ISSUER (or AUTH0_DOMAIN)", self.issuer, "the token issuer's URL")
         _require("TIMESHEETS_AUDIENCE (or AUTH0_AUDIENCE)", self.audience, "your API identifier")
         for issuer in self.issuer:
             _check_url("TIMESHEETS_ISSUER", issuer)
         for audience in self.audience:
-            _refuse_placeholder("TIMESHEETS_AUDIENCE", audience)
+            _refuse_placeholder("TIMESHEETS_AUDIENCE (or AUTH0_AUDIENCE)", audience)
         if self.jwks_uri is not None:
             _check_url("TIMESHEETS_JWKS_URI", self.jwks_uri)
         _check_algorithms(self.algorithms)
@@ -92,6 +103,13 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and .env, or ConfigError with one sentence per problem."""
     try:
         return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def load_database_settings() -> DatabaseSettings:
+    try:
+        return DatabaseSettings()
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
 

@@ -70,7 +70,10 @@ def _parse_json(body: bytes) -> Any:
 
 def _parse_form(body: bytes) -> dict[str, str]:
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        # errors="strict": percent-encoded bytes that are not UTF-8 are refused, not replaced.
+        pairs = parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, strict_parsing=True, errors="strict"
+        )
     except (UnicodeDecodeError, ValueError):
         raise MalformedBody("the body is not valid form data") from None
     fields: dict[str, str] = {}

@@ -7,9 +7,11 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# re.ASCII: \d must not match other scripts' digits ("٧" would otherwise read as 7).
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _ISO_DATETIME = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?"
+    r"(\d{4}-\d{2}-\d{2})[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?",
+    re.ASCII,
 )
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -17,9 +19,10 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 # a GMT offset (GMT+02:00), or left out.
 _JAVA_DATE = re.compile(
     rf"({'|'.join(_DAYS)}) ({'|'.join(_MONTHS)}) (\d{{1,2}}) \d{{2}}:\d{{2}}:\d{{2}}"
-    r"(?: (?:[A-Z]{1,6}|GMT[+-]\d{1,2}(?::?\d{2})?))? (\d{4})"
+    r"(?: (?:[A-Z]{1,6}|GMT[+-]\d{1,2}(?::?\d{2})?))? (\d{4})",
+    re.ASCII,
 )
-_DECIMAL = re.compile(r"\d+(\.\d+)?|\.\d+")
+_DECIMAL = re.compile(r"\d+(\.\d+)?|\.\d+", re.ASCII)
 MAX_HOUR_CENTS = 2400
 
 

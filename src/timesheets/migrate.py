@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .db import postgres_dsn
+from .db import postgres_dsn, sqlite_path
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 # Several workers or hosts may start at once: the first upgrades, the others wait and find nothing to do.
@@ -20,6 +20,9 @@ _LOCK_ID = 7_245_001
 def upgrade(database_url: str) -> None:
     """Bring the database at `database_url` to the newest schema."""
     if database_url.startswith("sqlite"):
+        path = sqlite_path(database_url)
+        if path != ":memory:":  # as the service does when it opens the file: create its folder
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(database_url)
         try:
             with engine.begin() as connection:

@@ -4,6 +4,7 @@ import datetime as dt
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -54,10 +55,26 @@ HourCents = Annotated[
         }
     ),
 ]
-Project = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Notes = Annotated[str, StringConstraints(max_length=2000)]
-UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000 (the driver fails); refuse it on every engine alike.
+    if "\x00" in value:
+        raise PydanticCustomError("invalid_value", "must not contain NUL characters")
+    return value
+
+
+_Text = AfterValidator(_no_nul)
+Project = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), _Text
+]
+Notes = Annotated[str, StringConstraints(max_length=2000), _Text]
+UserId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), _Text
+]
+Reason = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), _Text
+]
 
 
 class _Input(BaseModel):

@@ -158,7 +158,10 @@ class JwksCache:
     async def _download(self) -> bytes:
         try:
             async with self._client.stream(
-                "GET", self.issuer.jwks_uri, headers={"Accept": "application/json"}
+                "GET",
+                self.issuer.jwks_uri,
+                headers={"Accept": "application/json"},
+                follow_redirects=False,  # whatever the injected client does
             ) as response:
                 if response.status_code != 200:
                     raise KeyFetchError(f"key server answered {response.status_code}")
@@ -188,7 +191,7 @@ class _Key:
 def _parse_jwks(body: bytes) -> dict[str | None, _Key]:
     try:
         document = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise KeyFetchError("key set is not JSON") from exc
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise KeyFetchError("key set has no 'keys' array")

@@ -215,7 +215,7 @@ def _b64decode(segment: str) -> bytes:
 def _decode_json(segment: str) -> dict[str, Any]:
     try:
         value = json.loads(_b64decode(segment))
-    except ValueError:  # also UnicodeDecodeError
+    except (ValueError, RecursionError):  # also UnicodeDecodeError; RecursionError: deep nesting
         raise InvalidToken("malformed token") from None
     if not isinstance(value, dict):
         raise InvalidToken("malformed token")

@@ -76,12 +76,15 @@ async def list_timesheets(request: Request, principal: Principal) -> Response:
     status = request.query_params.get("status")
     if status is not None and status not in service.EntryStatus.__members__.values():
         raise ValidationFailed.field("status", "status must be pending, approved or rejected")
+    project = request.query_params.get("project")
+    if project is not None and "\x00" in project:  # PostgreSQL text cannot hold U+0000
+        raise ValidationFailed.field("project", "project must not contain NUL characters")
     where = service.EntryFilter(
         user_id=principal.user_id,
         status=service.EntryStatus(status) if status else None,
         date_from=query_date(request, "from"),
         date_to=query_date(request, "to"),
-        project=request.query_params.get("project"),
+        project=project,
     )
     page = page_of(request)
     entries = await service.list_entries(request.app.state.db, where=where, page=page)
