@@ -5,6 +5,7 @@ App-level tests go through the real app (`client`); the JwksCache-level ones dri
 asyncio over the same real key server, with an injected clock wherever a minute would pass."""
 
 import asyncio
+import gzip
 import json
 import secrets
 import threading
@@ -453,6 +454,23 @@ def test_jwks_cache_refuses_key_set_larger_than_max_bytes(key_server, content_le
     cache = run(scenario)
     assert cache.state().key_count == 0
     assert "larger" in (cache.state().last_error or "")
+
+
+def test_jwks_cache_refuses_compressed_key_set(key_server):
+    # A compressed body could expand far past max_bytes before the cap sees it: never decoded.
+    body = gzip.compress(json.dumps(key_server.issuer.jwks()).encode())
+    key_server.behaviour = lambda handler: send(
+        handler, 200, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
+
+    async def scenario(http: httpx.AsyncClient) -> JwksCache:
+        cache = JwksCache(issuer_config(key_server), http)
+        with pytest.raises(KeySourceUnavailable):
+            await cache.get_key("key-0", "RS256")
+        return cache
+
+    assert "compressed" in (run(scenario).state().last_error or "")
+    assert key_server.requests
 
 
 def test_jwks_cache_accepts_key_set_within_max_bytes(key_server, signing_keys):

@@ -160,11 +160,14 @@ class JwksCache:
             async with self._client.stream(
                 "GET",
                 self.issuer.jwks_uri,
-                headers={"Accept": "application/json"},
+                # identity: the size cap then bounds what is held in memory, not a gzip bomb.
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
                 follow_redirects=False,  # whatever the injected client does
             ) as response:
                 if response.status_code != 200:
                     raise KeyFetchError(f"key server answered {response.status_code}")
+                if response.headers.get("content-encoding", "identity") != "identity":
+                    raise KeyFetchError("key server sent a compressed key set")
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
