@@ -294,7 +294,7 @@ BAD_UPLOADS = {
     ),
     "string_element": ([UPLOAD, "not an entry"], "[1]"),
     "null_element": ([UPLOAD, None], "[1]"),
-    "unknown_field": ([UPLOAD, {**UPLOAD, "status": "approved"}], "[1].status"),
+    "unknown_field": ([UPLOAD, {**UPLOAD, "hour": 5}], "[1].hour"),
     "empty_array": ([], "body"),
 }
 

@@ -283,6 +283,15 @@ IMPORTER_ENTRY = {
 }
 
 
+def test_upload_ignores_read_only_fields_but_keeps_user_id(client, importer):
+    sent = {**IMPORTER_ENTRY, "id": 99, "status": "approved", "approved": True}
+    response = client.post("/timesheets/upload", json=sent, headers=importer)
+    assert response.status_code == 201
+    entry = response.json()
+    assert (entry["user_id"], entry["status"], entry["approved"]) == ("007", "pending", False)
+    assert entry["id"] == 1  # from the database, not the client
+
+
 def test_importer_upload_one_answers_one_entry(client, importer, mia):
     response = client.post(
         "/timesheets/upload",

@@ -30,9 +30,14 @@ def _new_entry(data: EntryCreate, user_id: str) -> service.NewEntry:
     return service.NewEntry(user_id, data.date, data.project, data.hours, data.notes or "")
 
 
-def _writable(payload: Any) -> Any:
+def _writable(payload: Any, *, keep: tuple[str, ...] = ()) -> Any:
+    """The payload without the read-only fields that clients echo back (the contract ignores them)."""
     if isinstance(payload, dict):
-        return {name: value for name, value in payload.items() if name not in READ_ONLY_FIELDS}
+        return {
+            name: value
+            for name, value in payload.items()
+            if name not in READ_ONLY_FIELDS or name in keep
+        }
     return payload
 
 
@@ -159,7 +164,8 @@ async def upload_timesheets(request: Request, principal: Principal) -> Response:
         raise PayloadTooLarge(f"at most {MAX_UPLOAD_ENTRIES} entries per upload")
     prefix = "[{}]" if isinstance(payload, list) else ""
     uploads = [
-        validate(EntryUpload, item, prefix=prefix.format(index)) for index, item in enumerate(items)
+        validate(EntryUpload, _writable(item, keep=("user_id",)), prefix=prefix.format(index))
+        for index, item in enumerate(items)
     ]
     created = await service.create_entries(
         request.app.state.db,
