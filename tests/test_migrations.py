@@ -3,6 +3,7 @@ TIMESHEETS_TEST_POSTGRES_URL is set) on a PostgreSQL database created and droppe
 
 import asyncio
 import datetime as dt
+import json
 import re
 import sqlite3
 import threading
@@ -35,6 +36,7 @@ COLUMNS = {
     "decided_by": (True, False),
     "created_at": (False, False),
     "updated_at": (False, False),
+    "body": (False, False),
 }
 INDEXES = {"ix_entry_user_date", "ix_entry_status_date"}
 
@@ -272,3 +274,32 @@ def test_upgrade_concurrently_on_postgres_both_succeed(empty_postgres_url):
     db = Inspector(empty_postgres_url)
     assert db.columns() == COLUMNS
     assert db.versions() == [head_revision()]
+
+
+def test_upgrade_renders_the_document_of_entries_stored_before_body_existed(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0001")
+    connection = sqlite3.connect(tmp_path / "old.db")
+    connection.execute(
+        "INSERT INTO timesheet_entry (user_id, work_date, project, hours_cents, notes, status, "
+        "created_by, created_at, updated_at) VALUES ('ann@example.com', '2017-07-10', 'StoreZero', "
+        "750, '', 'approved', 'auth0|ann', '2017-07-10T12:00:00.123456Z', "
+        "'2017-07-11T08:30:00.000001Z')"
+    )
+    connection.commit()
+    upgrade(url)
+    (body,) = connection.execute("SELECT body FROM timesheet_entry").fetchone()
+    connection.close()
+    assert json.loads(body) == {
+        "id": 1,
+        "user_id": "ann@example.com",
+        "date": "2017-07-10",
+        "project": "StoreZero",
+        "hours": 7.5,
+        "notes": "",
+        "status": "approved",
+        "approved": True,
+        "rejection_reason": None,
+        "created_at": "2017-07-10T12:00:00.123Z",
+        "updated_at": "2017-07-11T08:30:00.000Z",
+    }

@@ -1,5 +1,6 @@
 """Request bodies in, JSON out: the small pieces of HTTP that every route shares."""
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -17,6 +18,20 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+def documents_response(
+    documents: Sequence[str], *, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON array of already-rendered JSON documents, joined without parsing them again."""
+    body = "[" + ",".join(documents) + "]"
+    return Response(body.encode(), status_code, headers, media_type="application/json")
+
+
+def document_response(
+    document: str, *, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(document.encode(), status_code, headers, media_type="application/json")
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

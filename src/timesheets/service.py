@@ -1,4 +1,10 @@
-"""Timesheet entries: queries and state transitions. Knows SQL and the rules; nothing of HTTP."""
+"""Timesheet entries: queries and state transitions. Knows SQL and the rules; nothing of HTTP.
+
+Every write renders the entry's public JSON once and stores it beside the columns (`body`), so that
+reads, lists above all, hand the stored documents out without turning rows into objects and back
+into JSON: that work was most of the cost of a list (see bench/README.md). The columns stay the
+truth for every rule and query; `body` is rewritten in the same transaction as any change to them.
+"""
 
 import base64
 import datetime as dt
@@ -6,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from .db import Connection, Database, Row
 from .errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -49,6 +57,15 @@ _COLUMNS = (
 _SELECT = f"SELECT {_COLUMNS} FROM timesheet_entry"
 
 
+@dataclass(frozen=True, slots=True)
+class EntryDocument:
+    """An entry as clients see it: its public JSON, as stored, with what paging needs."""
+
+    id: int
+    date: str
+    json: str
+
+
 def _date_text(value: Any) -> str:
     return value if type(value) is str else str(value.isoformat())
 
@@ -79,6 +96,21 @@ def entry_from_row(row: Row) -> dict[str, Any]:
     }
 
 
+def _render(row: Row) -> EntryDocument:
+    entry = entry_from_row(row)
+    return EntryDocument(entry["id"], entry["date"], orjson.dumps(entry).decode())
+
+
+async def _store(tx: Connection, row: Row) -> EntryDocument:
+    """Renders the entry whose columns `row` holds, and stores its document beside them."""
+    document = _render(row)
+    await tx.fetch_all(
+        "UPDATE timesheet_entry SET body = :body WHERE id = :id",
+        {"body": document.json, "id": document.id},
+    )
+    return document
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -86,7 +118,7 @@ def _now() -> dt.datetime:
 # --- reading ------------------------------------------------------------------------------------
 
 
-async def list_entries(db: Database, *, where: EntryFilter, page: Page) -> list[dict[str, Any]]:
+async def list_entries(db: Database, *, where: EntryFilter, page: Page) -> list[EntryDocument]:
     """Entries matching `where`, oldest first (by date, then id); at most `page.limit` + 1 of them,
     so that the caller can tell whether there is a next page."""
     clauses, params = _filter_clauses(where)
@@ -94,12 +126,13 @@ async def list_entries(db: Database, *, where: EntryFilter, page: Page) -> list[
         clauses.append("(work_date > :after_date OR (work_date = :after_date AND id > :after_id))")
         params["after_date"] = dt.date.fromisoformat(page.after[0])
         params["after_id"] = page.after[1]
-    sql = _SELECT
+    sql = "SELECT id, work_date, body FROM timesheet_entry"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
     sql += " ORDER BY work_date, id LIMIT :limit"
     params["limit"] = page.limit + 1
-    return [entry_from_row(row) for row in await db.fetch_all(sql, params)]
+    rows = await db.fetch_all(sql, params)
+    return [EntryDocument(row[0], _date_text(row[1]), row[2]) for row in rows]
 
 
 def _filter_clauses(where: EntryFilter) -> tuple[list[str], dict[str, Any]]:
@@ -127,12 +160,26 @@ async def get_entry(db: Database | Connection, *, entry_id: int, user_id: str | 
     return row
 
 
+async def get_document(db: Database, *, entry_id: int, user_id: str) -> EntryDocument:
+    """One of `user_id`'s own entries.
+
+    Raises:
+        NotFound: no such entry, or someone else's (which must not be told apart).
+    """
+    row = await db.fetch_one(
+        "SELECT id, work_date, body, user_id FROM timesheet_entry WHERE id = :id", {"id": entry_id}
+    )
+    if row is None or row[3] != user_id:
+        raise NotFound(f"no entry {entry_id}")
+    return EntryDocument(row[0], _date_text(row[1]), row[2])
+
+
 # --- writing ------------------------------------------------------------------------------------
 
 
 async def create_entries(
     db: Database, *, entries: list[NewEntry], actor: str
-) -> list[dict[str, Any]]:
+) -> list[EntryDocument]:
     """Stores every entry or none (one transaction); ids come from the database.
 
     Raises:
@@ -159,13 +206,13 @@ async def create_entries(
                 },
             )
             assert row is not None  # RETURNING always yields the inserted row
-            created.append(entry_from_row(row))
+            created.append(await _store(tx, row))
     return created
 
 
 async def update_entry(
     db: Database, *, entry_id: int, user_id: str, changes: dict[str, Any]
-) -> dict[str, Any]:
+) -> EntryDocument:
     """Applies `changes` to an own pending or rejected entry; a rejected one returns to pending.
 
     Raises:
@@ -199,7 +246,7 @@ async def update_entry(
             },
         )
         assert updated is not None
-        return entry_from_row(updated)
+        return await _store(tx, updated)
 
 
 async def delete_entry(db: Database, *, entry_id: int, user_id: str) -> None:
@@ -215,7 +262,7 @@ async def delete_entry(db: Database, *, entry_id: int, user_id: str) -> None:
         await tx.fetch_all("DELETE FROM timesheet_entry WHERE id = :id", {"id": entry_id})
 
 
-async def approve_entry(db: Database, *, entry_id: int, approver: str) -> dict[str, Any]:
+async def approve_entry(db: Database, *, entry_id: int, approver: str) -> EntryDocument:
     """Approves a pending entry; approving an approved one again changes nothing.
 
     Raises:
@@ -225,9 +272,7 @@ async def approve_entry(db: Database, *, entry_id: int, approver: str) -> dict[s
     return await _decide(db, entry_id=entry_id, approver=approver, to=EntryStatus.APPROVED)
 
 
-async def reject_entry(
-    db: Database, *, entry_id: int, approver: str, reason: str
-) -> dict[str, Any]:
+async def reject_entry(db: Database, *, entry_id: int, approver: str, reason: str) -> EntryDocument:
     """Rejects a pending entry with a reason (rejecting a rejected one replaces the reason).
 
     Raises:
@@ -247,7 +292,7 @@ _ALLOWED_DECISIONS = {
 
 async def _decide(
     db: Database, *, entry_id: int, approver: str, to: EntryStatus, reason: str | None = None
-) -> dict[str, Any]:
+) -> EntryDocument:
     async with db.transaction() as tx:
         row = await get_entry(tx, entry_id=entry_id, user_id=None)
         if row[1] == approver:
@@ -255,7 +300,7 @@ async def _decide(
         if row[6] not in _ALLOWED_DECISIONS[to]:
             raise Conflict(f"a {row[6]} entry cannot be {to.value}")
         if row[6] == to == EntryStatus.APPROVED:
-            return entry_from_row(row)
+            return _render(row)
         updated = await tx.fetch_one(
             "UPDATE timesheet_entry SET status = :status, rejection_reason = :reason, "
             f"decided_by = :approver, updated_at = :now WHERE id = :id RETURNING {_COLUMNS}",
@@ -268,7 +313,7 @@ async def _decide(
             },
         )
         assert updated is not None
-        return entry_from_row(updated)
+        return await _store(tx, updated)
 
 
 async def _check_daily_caps(
@@ -299,8 +344,8 @@ async def _check_daily_caps(
 # --- cursors ------------------------------------------------------------------------------------
 
 
-def encode_cursor(entry: dict[str, Any]) -> str:
-    raw = f"{entry['date']}|{entry['id']}".encode()
+def encode_cursor(document: EntryDocument) -> str:
+    raw = f"{document.date}|{document.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

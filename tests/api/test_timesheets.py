@@ -1,8 +1,11 @@
 """/timesheets: an employee's own entries, their listing, paging, edits and the daily cap."""
 
+import json
 import re
 
 import pytest
+
+from timesheets.service import _COLUMNS, entry_from_row
 
 from ..conftest import EMPLOYEE, ENTRY, bearer
 
@@ -482,3 +485,25 @@ def test_daily_cap_counts_approved_and_rejected_entries(client, ann, mia):
     client.post(f"/approvals/{rejected['id']}/reject", json={"reason": "no"}, headers=mia)
     assert client.post("/timesheets", json={**ENTRY, "hours": 4.01}, headers=ann).status_code == 422
     _create(client, ann, hours=4)
+
+
+def test_stored_documents_match_the_columns_after_every_kind_of_write(client, ann, mia, importer):
+    first = client.post("/timesheets", json=ENTRY, headers=ann).json()
+    second = client.post("/timesheets", json={**ENTRY, "hours": 1}, headers=ann).json()
+    client.post("/timesheets/upload", json={**ENTRY, "user_id": "007"}, headers=importer)
+    client.post(f"/approvals/{first['id']}/reject", json={"reason": "no"}, headers=mia)
+    client.patch(f"/timesheets/{first['id']}", json={"hours": 2}, headers=ann)
+    client.put(f"/approvals/{second['id']}", headers=mia)
+
+    async def stored() -> list[tuple[dict, dict]]:
+        db = client.app.state.db
+        rows = await db.fetch_all(f"SELECT {_COLUMNS}, body FROM timesheet_entry ORDER BY id")
+        return [(entry_from_row(row[:-1]), json.loads(row[-1])) for row in rows]
+
+    pairs = client.portal.call(stored)
+    assert len(pairs) == 3
+    for columns, document in pairs:
+        assert document == columns
+    listed = client.get("/timesheets", headers=ann).json()
+    assert [entry["hours"] for entry in listed] == [2, 1]
+    assert [entry["status"] for entry in listed] == ["pending", "approved"]

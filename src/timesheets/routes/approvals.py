@@ -6,7 +6,7 @@ from starlette.responses import Response
 from .. import service
 from ..api import operation, path_id
 from ..auth import Principal
-from ..http import JSONResponse, read_payload
+from ..http import document_response, read_payload
 from ..schemas import Approval, EntryPublic, Rejection, validate
 from .paging import PAGING_QUERY, page_of, paged_response
 
@@ -47,7 +47,7 @@ async def approve_entry(request: Request, principal: Principal) -> Response:
     entry = await service.approve_entry(
         request.app.state.db, entry_id=entry_id, approver=principal.user_id
     )
-    return JSONResponse(entry)
+    return document_response(entry.json)
 
 
 @operation(
@@ -65,7 +65,7 @@ async def reject_entry(request: Request, principal: Principal) -> Response:
     entry = await service.reject_entry(
         request.app.state.db, entry_id=entry_id, approver=principal.user_id, reason=data.reason
     )
-    return JSONResponse(entry)
+    return document_response(entry.json)
 
 
 OPERATIONS = (list_approvals, approve_entry, reject_entry)

@@ -3,10 +3,11 @@
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from ..api import query_int
-from ..http import JSONResponse
-from ..service import Page, decode_cursor, encode_cursor
+from ..http import documents_response
+from ..service import EntryDocument, Page, decode_cursor, encode_cursor
 
 PAGING_QUERY: tuple[tuple[str, str, dict[str, Any]], ...] = (
     (
@@ -25,10 +26,12 @@ def page_of(request: Request) -> Page:
     return Page(limit=limit, after=decode_cursor(cursor) if cursor else None)
 
 
-def paged_response(request: Request, entries: list[dict[str, Any]], page: Page) -> JSONResponse:
+def paged_response(request: Request, entries: list[EntryDocument], page: Page) -> Response:
     """The page as a bare array; RFC 8288 `Link: <...>; rel="next"` when more entries follow."""
     if len(entries) <= page.limit:
-        return JSONResponse(entries)
+        return documents_response([entry.json for entry in entries])
     entries = entries[: page.limit]
     next_url = request.url.include_query_params(cursor=encode_cursor(entries[-1]))
-    return JSONResponse(entries, headers={"Link": f'<{next_url}>; rel="next"'})
+    return documents_response(
+        [entry.json for entry in entries], headers={"Link": f'<{next_url}>; rel="next"'}
+    )

@@ -9,7 +9,7 @@ from .. import service
 from ..api import operation, path_id, query_date
 from ..auth import Principal
 from ..errors import PayloadTooLarge, ValidationFailed
-from ..http import JSONResponse, read_payload
+from ..http import document_response, documents_response, read_payload
 from ..schemas import READ_ONLY_FIELDS, EntryCreate, EntryPublic, EntryUpdate, EntryUpload, validate
 from .paging import PAGING_QUERY, page_of, paged_response
 
@@ -45,8 +45,10 @@ async def _payload(request: Request) -> Any:
     return await read_payload(request, request.app.state.settings.max_body_bytes)
 
 
-def _created(entry: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(entry, status_code=201, headers={"Location": f"/timesheets/{entry['id']}"})
+def _created(entry: service.EntryDocument) -> Response:
+    return document_response(
+        entry.json, status_code=201, headers={"Location": f"/timesheets/{entry.id}"}
+    )
 
 
 @operation(
@@ -101,10 +103,10 @@ async def list_timesheets(request: Request, principal: Principal) -> Response:
 )
 async def get_timesheet(request: Request, principal: Principal) -> Response:
     """Show one of the caller's own entries."""
-    row = await service.get_entry(
+    entry = await service.get_document(
         request.app.state.db, entry_id=path_id(request), user_id=principal.user_id
     )
-    return JSONResponse(service.entry_from_row(row))
+    return document_response(entry.json)
 
 
 @operation(
@@ -130,7 +132,7 @@ async def update_timesheet(request: Request, principal: Principal) -> Response:
     updated = await service.update_entry(
         request.app.state.db, entry_id=entry_id, user_id=principal.user_id, changes=changes
     )
-    return JSONResponse(updated)
+    return document_response(updated.json)
 
 
 @operation(
@@ -173,7 +175,7 @@ async def upload_timesheets(request: Request, principal: Principal) -> Response:
         actor=principal.client_id or principal.subject,
     )
     if isinstance(payload, list):
-        return JSONResponse(created, status_code=201)
+        return documents_response([entry.json for entry in created], status_code=201)
     return _created(created[0])
 
 
