@@ -118,7 +118,25 @@ def _now() -> dt.datetime:
 # --- reading ------------------------------------------------------------------------------------
 
 
-async def list_entries(db: Database, *, where: EntryFilter, page: Page) -> list[EntryDocument]:
+@dataclass(frozen=True, slots=True)
+class DocumentList:
+    """Stored documents in list order, kept as the driver's rows: (id, date, body)."""
+
+    rows: list[Row]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def bodies(self, limit: int) -> list[str]:
+        return [row[2] for row in self.rows[:limit]]
+
+    def position(self, index: int) -> tuple[str, int]:
+        """The (date, id) of the entry at `index`: where a page that ends there resumes."""
+        row = self.rows[index]
+        return row[1], row[0]
+
+
+async def list_entries(db: Database, *, where: EntryFilter, page: Page) -> DocumentList:
     """Entries matching `where`, oldest first (by date, then id); at most `page.limit` + 1 of them,
     so that the caller can tell whether there is a next page."""
     clauses, params = _filter_clauses(where)
@@ -126,13 +144,12 @@ async def list_entries(db: Database, *, where: EntryFilter, page: Page) -> list[
         clauses.append("(work_date > :after_date OR (work_date = :after_date AND id > :after_id))")
         params["after_date"] = dt.date.fromisoformat(page.after[0])
         params["after_id"] = page.after[1]
-    sql = "SELECT id, work_date, body FROM timesheet_entry"
+    sql = "SELECT id, CAST(work_date AS TEXT), body FROM timesheet_entry"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
     sql += " ORDER BY work_date, id LIMIT :limit"
     params["limit"] = page.limit + 1
-    rows = await db.fetch_all(sql, params)
-    return [EntryDocument(row[0], _date_text(row[1]), row[2]) for row in rows]
+    return DocumentList(await db.fetch_all(sql, params))
 
 
 def _filter_clauses(where: EntryFilter) -> tuple[list[str], dict[str, Any]]:
@@ -344,8 +361,8 @@ async def _check_daily_caps(
 # --- cursors ------------------------------------------------------------------------------------
 
 
-def encode_cursor(document: EntryDocument) -> str:
-    raw = f"{document.date}|{document.id}".encode()
+def encode_cursor(position: tuple[str, int]) -> str:
+    raw = f"{position[0]}|{position[1]}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from ..api import query_int
 from ..http import documents_response
-from ..service import EntryDocument, Page, decode_cursor, encode_cursor
+from ..service import DocumentList, Page, decode_cursor, encode_cursor
 
 PAGING_QUERY: tuple[tuple[str, str, dict[str, Any]], ...] = (
     (
@@ -26,12 +26,11 @@ def page_of(request: Request) -> Page:
     return Page(limit=limit, after=decode_cursor(cursor) if cursor else None)
 
 
-def paged_response(request: Request, entries: list[EntryDocument], page: Page) -> Response:
+def paged_response(request: Request, entries: DocumentList, page: Page) -> Response:
     """The page as a bare array; RFC 8288 `Link: <...>; rel="next"` when more entries follow."""
+    bodies = entries.bodies(page.limit)
     if len(entries) <= page.limit:
-        return documents_response([entry.json for entry in entries])
-    entries = entries[: page.limit]
-    next_url = request.url.include_query_params(cursor=encode_cursor(entries[-1]))
-    return documents_response(
-        [entry.json for entry in entries], headers={"Link": f'<{next_url}>; rel="next"'}
-    )
+        return documents_response(bodies)
+    cursor = encode_cursor(entries.position(page.limit - 1))
+    next_url = request.url.include_query_params(cursor=cursor)
+    return documents_response(bodies, headers={"Link": f'<{next_url}>; rel="next"'})
