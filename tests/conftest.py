@@ -67,6 +67,16 @@ def make_token(issuer: DevIssuer) -> Callable[..., str]:
     return make
 
 
+RESOURCE_METADATA = "http://testserver/.well-known/oauth-protected-resource"
+
+
+def challenge(*params: str) -> str:
+    """The exact WWW-Authenticate value: realm, then `params`, then RFC 9728 resource_metadata."""
+    return ", ".join(
+        ['Bearer realm="timesheets"', *params, f'resource_metadata="{RESOURCE_METADATA}"']
+    )
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -110,7 +120,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
         shutil.copy(sqlite_template, path)
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_database")
-    asyncio.run(_admin(url, "TRUNCATE timesheet_entry RESTART IDENTITY"))
+    asyncio.run(
+        _admin(url, "TRUNCATE timesheet_entry, entry_event, idempotency_key RESTART IDENTITY")
+    )
     return url
 
 
@@ -125,12 +137,15 @@ def settings(database_url: str, key_server: KeyServer) -> Settings:
         audience=AUDIENCE,
         database_url=database_url,
         jwks_uri=key_server.base_url + ".well-known/jwks.json",
+        jwks_cooldown_seconds=0,
     )
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    # Keys are fetched by the first request, so that tests can count fetches exactly; the
+    # start-up fetch and the background refresh have tests of their own.
+    with TestClient(create_app(settings, prefetch_keys=False)) as test_client:
         yield test_client
 
 

@@ -93,10 +93,11 @@ def test_load_settings_without_optional_variables_uses_documented_defaults(valid
     assert settings.jwks_uri is None
 
 
-def test_load_settings_without_jwks_uri_defaults_to_issuer_well_known_path(valid_env):
+def test_load_settings_without_jwks_uri_leaves_it_to_discovery(valid_env):
     auth = load_settings().auth_config()
 
-    assert auth.issuers[0].jwks_uri == "https://example.eu.auth0.com/.well-known/jwks.json"
+    # Found at run time: OpenID discovery, RFC 8414 metadata, else {issuer}.well-known/jwks.json
+    assert auth.issuers[0].jwks_uri is None
 
 
 def test_load_settings_reads_dotenv_in_working_directory(tmp_path: Path):
@@ -132,9 +133,8 @@ def test_load_settings_reads_seed_auth0_names(env):
 
     assert settings.issuer == ("https://example.eu.auth0.com/",)
     assert settings.audience == (AUDIENCE,)
-    assert settings.auth_config().issuers[0].jwks_uri == (
-        "https://example.eu.auth0.com/.well-known/jwks.json"
-    )
+    assert settings.auth_config().issuers[0].issuer == "https://example.eu.auth0.com/"
+    assert settings.auth_config().issuers[0].jwks_uri is None
 
 
 def test_load_settings_reads_seed_auth0_names_from_dotenv(tmp_path: Path):
@@ -187,10 +187,7 @@ def test_load_settings_splits_comma_lists_and_drops_blanks(env):
     assert settings.cors_origins == ("https://app.example.com", "http://localhost:3000")
     auth = settings.auth_config()
     assert [i.issuer for i in auth.issuers] == [ISSUER, "https://other.example.com/"]
-    assert [i.jwks_uri for i in auth.issuers] == [
-        f"{ISSUER}.well-known/jwks.json",
-        "https://other.example.com/.well-known/jwks.json",
-    ]
+    assert [i.jwks_uri for i in auth.issuers] == [None, None]  # each issuer's own, discovered
     assert auth.audiences == (AUDIENCE, "https://api.exampleco.com/legacy")
     assert auth.algorithms == ("RS256", "ES256", "PS256")
 

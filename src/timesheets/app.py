@@ -1,6 +1,7 @@
 """The application factory: nothing is built at import, everything in create_app()."""
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,8 +22,10 @@ from .errors import ApiError, InternalError, MethodNotAllowed, NotFound
 from .http import JSONResponse
 from .openapi import build_openapi
 from .routes import OPERATIONS, health
+from .routes.health import PROTECTED_RESOURCE_PATH
 
 logger = logging.getLogger("timesheets")
+auth_logger = logging.getLogger("timesheets.auth")
 
 CORS_HEADERS = [
     "Authorization",
@@ -32,7 +35,17 @@ CORS_HEADERS = [
     "Idempotency-Key",
     "X-Request-ID",
 ]
-EXPOSED_HEADERS = ["Link", "Location", "WWW-Authenticate", "Retry-After", "ETag", "X-Request-ID"]
+EXPOSED_HEADERS = [
+    "Link",
+    "Location",
+    "WWW-Authenticate",
+    "Retry-After",
+    "ETag",
+    "X-Request-ID",
+    "X-Sync-Timestamp",
+    "Idempotent-Replayed",
+    "Content-Disposition",
+]
 
 
 def create_app(
@@ -40,23 +53,29 @@ def create_app(
     *,
     dev_issuer: DevIssuer | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
+    prefetch_keys: bool = True,
 ) -> Starlette:
-    """The Timesheets API for `settings`; `jwks_transport` replaces the key server's network."""
+    """The Timesheets API for `settings`; `jwks_transport` replaces the key server's network.
+
+    With `prefetch_keys`, every issuer's keys are fetched at start and kept fresh in the
+    background (a failure is logged, not fatal); without, the first request fetches them.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         auth = settings.auth_config()
-        timeout = httpx.Timeout(
-            auth.jwks_timeout_seconds, connect=min(2.0, auth.jwks_timeout_seconds)
-        )
+        timeout = httpx.Timeout(auth.keys.timeout, connect=min(2.0, auth.keys.timeout))
         async with httpx.AsyncClient(
             timeout=timeout, follow_redirects=False, transport=jwks_transport, trust_env=False
         ) as client:
             app.state.verifier = TokenVerifier.for_config(auth, client)
             app.state.db = await database.connect(settings.database_url)
+            if prefetch_keys:
+                app.state.verifier.start()
             try:
                 yield
             finally:
+                await app.state.verifier.close()
                 await app.state.db.close()
 
     routes: list[BaseRoute] = [op.route() for op in OPERATIONS]
@@ -84,6 +103,7 @@ def create_app(
         },
     )
     app.state.settings = settings
+    app.state.auth_rejections = Counter()  # by reason, for /metrics
     app.state.openapi = build_openapi(OPERATIONS)
     return app
 
@@ -119,10 +139,23 @@ async def _render_api_error(request: Request, exc: Exception) -> Response:
 
 async def _render_auth_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AuthError)
+    request.app.state.auth_rejections[exc.reason] += 1
+    auth_logger.info(
+        "token rejected",
+        extra={
+            "event": "token_rejected",
+            "reason": exc.reason,
+            "status": exc.status_code,
+            "method": request.method,
+            "path": request.url.path,
+            **exc.details,
+        },
+    )
     body: dict[str, object] = {"error": exc.code, "message": exc.message}
     if exc.description:
         body["detail"] = exc.description
-    return _error_response(exc.status_code, body, exc.headers())
+    metadata = f"{request.base_url}{PROTECTED_RESOURCE_PATH.lstrip('/')}"
+    return _error_response(exc.status_code, body, exc.headers(resource_metadata=metadata))
 
 
 async def _render_http_exception(request: Request, exc: Exception) -> Response:
@@ -145,4 +178,6 @@ def create_dev_app_from_env() -> Starlette:
     if settings.dev_issuer_key_file is None:
         raise RuntimeError("TIMESHEETS_DEV_ISSUER_KEY_FILE is not set; start with `timesheets dev`")
     issuer = DevIssuer.from_key_file(settings.issuer[0], Path(settings.dev_issuer_key_file))
-    return create_app(settings, dev_issuer=issuer)
+    # The development issuer's keys are served by this very server, which is not listening yet
+    # while it starts: the first request fetches them.
+    return create_app(settings, dev_issuer=issuer, prefetch_keys=False)

@@ -4,7 +4,6 @@ Nothing is read at import: `load_settings()` reads the environment when the comm
 and refuses bad configuration with a sentence that names the variable.
 """
 
-import ipaddress
 import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -13,7 +12,8 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .auth import AuthConfig, IssuerConfig
-from .auth.config import ASYMMETRIC_ALGORITHMS
+from .auth.config import ASYMMETRIC_ALGORITHMS, CachePolicy
+from .auth.urls import is_loopback
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 _PLACEHOLDER = re.compile(r"\$\{[^}]*\}|\{[A-Za-z_][\w.]*\}")
@@ -47,8 +47,13 @@ class Settings(DatabaseSettings):
     max_token_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     jwks_ttl_seconds: float = Field(600.0, ge=1.0)
+    jwks_min_ttl_seconds: float = Field(60.0, ge=1.0)
+    jwks_max_ttl_seconds: float = Field(86_400.0, ge=1.0)
+    jwks_max_stale: float = Field(86_400.0, ge=0)
     jwks_refreshes_per_minute: int = Field(5, ge=1, le=600)
+    jwks_cooldown_seconds: float = Field(5.0, ge=0, le=600)
     jwks_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    require_at_jwt: bool = False
     max_page_size: int = Field(1000, ge=1, le=10000)
     dev_issuer_key_file: str | None = None
 
@@ -78,14 +83,21 @@ class Settings(DatabaseSettings):
             _refuse_placeholder("TIMESHEETS_AUDIENCE (or AUTH0_AUDIENCE)", audience)
         if self.jwks_uri is not None:
             _check_url("TIMESHEETS_JWKS_URI", self.jwks_uri)
+            if len(self.issuer) > 1:
+                raise ValueError(
+                    "TIMESHEETS_JWKS_URI names one key set, but TIMESHEETS_ISSUER lists several "
+                    "issuers: leave it unset so that each issuer's keys are discovered"
+                )
+        if not self.jwks_min_ttl_seconds <= self.jwks_ttl_seconds <= self.jwks_max_ttl_seconds:
+            raise ValueError(
+                "TIMESHEETS_JWKS_TTL_SECONDS must lie between TIMESHEETS_JWKS_MIN_TTL_SECONDS and "
+                "TIMESHEETS_JWKS_MAX_TTL_SECONDS"
+            )
         _check_algorithms(self.algorithms)
         return self
 
     def auth_config(self) -> AuthConfig:
-        issuers = tuple(
-            IssuerConfig(issuer, self.jwks_uri or f"{issuer.rstrip('/')}/.well-known/jwks.json")
-            for issuer in self.issuer
-        )
+        issuers = tuple(IssuerConfig(issuer, self.jwks_uri) for issuer in self.issuer)
         return AuthConfig(
             issuers=issuers,
             audiences=self.audience,
@@ -93,9 +105,16 @@ class Settings(DatabaseSettings):
             email_claim=self.email_claim,
             leeway_seconds=self.leeway_seconds,
             max_token_bytes=self.max_token_bytes,
-            jwks_ttl_seconds=self.jwks_ttl_seconds,
-            jwks_refreshes_per_minute=self.jwks_refreshes_per_minute,
-            jwks_timeout_seconds=self.jwks_timeout_seconds,
+            require_at_jwt=self.require_at_jwt,
+            keys=CachePolicy(
+                default_ttl=self.jwks_ttl_seconds,
+                min_ttl=self.jwks_min_ttl_seconds,
+                max_ttl=self.jwks_max_ttl_seconds,
+                max_stale=self.jwks_max_stale,
+                refreshes_per_minute=self.jwks_refreshes_per_minute,
+                cooldown=self.jwks_cooldown_seconds,
+                timeout=self.jwks_timeout_seconds,
+            ),
         )
 
 
@@ -143,19 +162,10 @@ def _check_url(variable: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"{variable} must be an https:// URL, not {url!r}")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError(
             f"{variable} uses http:// for {parts.hostname}, which is not a loopback host: use https://"
         )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_algorithms(algorithms: tuple[str, ...]) -> None:

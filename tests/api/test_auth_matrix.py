@@ -5,7 +5,7 @@ import pytest
 
 from timesheets.auth import SigningKey
 
-from ..conftest import bearer
+from ..conftest import bearer, challenge
 
 ALL_SCOPES = (
     "read:timesheets",
@@ -45,7 +45,7 @@ def test_request_without_token_is_401_without_error_code(client, method, path, s
     for headers in ({}, {"Authorization": "Bearer "}):
         response = _send(client, method, path, headers)
         assert response.status_code == 401, headers
-        assert response.headers["WWW-Authenticate"] == 'Bearer realm="timesheets"', headers
+        assert response.headers["WWW-Authenticate"] == challenge(), headers
         assert response.json() == MISSING, headers
 
 
@@ -93,7 +93,7 @@ def test_request_without_required_scope_is_403_insufficient_scope(
         assert response.status_code == 403, scopes
         assert response.json() == {"error": "insufficient_scope", "message": "Forbidden"}
         assert response.headers["WWW-Authenticate"] == (
-            f'Bearer realm="timesheets", error="insufficient_scope", scope="{scope}"'
+            challenge('error="insufficient_scope"', f'scope="{scope}"')
         )
 
 

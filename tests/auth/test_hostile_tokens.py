@@ -25,16 +25,16 @@ from starlette.testclient import TestClient
 from timesheets.app import create_app
 from timesheets.auth import DevIssuer, SigningKey
 
-from ..conftest import AUDIENCE, EMAIL_CLAIM, EMPLOYEE, ENTRY, bearer
+from ..conftest import AUDIENCE, EMAIL_CLAIM, EMPLOYEE, ENTRY, bearer, challenge
 from ..keyserver import KeyServer
 
 JWKS_PATH = "/.well-known/jwks.json"
 MESSAGE = "Missing or invalid token"
-NO_TOKEN_CHALLENGE = 'Bearer realm="timesheets"'
+NO_TOKEN_CHALLENGE = challenge()
 
 
 def invalid_token_challenge(description: str) -> str:
-    return f'Bearer realm="timesheets", error="invalid_token", error_description="{description}"'
+    return challenge('error="invalid_token"', f'error_description="{description}"')
 
 
 # --- crafting tokens by hand -------------------------------------------------------------------
@@ -526,7 +526,7 @@ def test_get_timesheets_forbids_token_without_read_scope(client, forge):
     response = client.get("/timesheets", headers=bearer(forge.token(claims=claims)))
     assert response.status_code == 403
     assert response.headers["WWW-Authenticate"] == (
-        'Bearer realm="timesheets", error="insufficient_scope", scope="read:timesheets"'
+        challenge('error="insufficient_scope"', 'scope="read:timesheets"')
     )
     assert response.json()["error"] == "insufficient_scope"
     assert response.json()["message"] == "Forbidden"

@@ -21,15 +21,18 @@ from starlette.testclient import TestClient
 
 from timesheets.app import create_app
 from timesheets.auth import DevIssuer, InvalidToken, IssuerConfig, JwksCache, KeySourceUnavailable
+from timesheets.auth.config import CachePolicy
 
-from ..conftest import bearer
+from ..conftest import bearer, challenge
 from ..keyserver import KeyServer
 
 JWKS_PATH = ".well-known/jwks.json"
+# The budget and stale-key tests look at the per-minute budget alone; the cooldown has its own tests.
+NO_COOLDOWN = CachePolicy(cooldown=0)
 
 
 def unknown_kid_challenge() -> str:
-    return 'Bearer realm="timesheets", error="invalid_token", error_description="unknown key id"'
+    return challenge('error="invalid_token"', 'error_description="unknown key id"')
 
 
 def fresh(make_token: Callable[..., str], **options: Any) -> str:
@@ -253,6 +256,15 @@ def run(scenario: Callable[[httpx.AsyncClient], Any], **client_options: Any) -> 
     return asyncio.run(main())
 
 
+async def settled(cache: JwksCache) -> None:
+    """Waits (boundedly) for a background refresh to finish."""
+    for _ in range(500):
+        if cache._inflight is None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the background refresh did not finish in 5 s")
+
+
 def public_numbers(key: Any) -> Any:
     return key.public_numbers()
 
@@ -263,7 +275,7 @@ def same_key(key: Any, signing_key: Any) -> bool:
 
 def test_jwks_cache_fetches_once_for_concurrent_requests_naming_new_kid(key_server, signing_keys):
     async def scenario(http: httpx.AsyncClient) -> list[Any]:
-        cache = JwksCache(issuer_config(key_server), http)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN)
         await cache.get_key("key-0", "RS256")
         key_server.issuer.keys.append(signing_keys[1])
         return await asyncio.gather(*(cache.get_key("key-1", "RS256") for _ in range(25)))
@@ -276,7 +288,7 @@ def test_jwks_cache_fetches_once_for_concurrent_requests_naming_new_kid(key_serv
 
 def test_jwks_cache_fetches_once_for_concurrent_requests_on_cold_cache(key_server, signing_keys):
     async def scenario(http: httpx.AsyncClient) -> list[Any]:
-        cache = JwksCache(issuer_config(key_server), http)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN)
         return await asyncio.gather(*(cache.get_key("key-0", "RS256") for _ in range(25)))
 
     keys = run(scenario)
@@ -289,7 +301,7 @@ def test_jwks_cache_shares_failed_fetch_among_concurrent_requests(key_server):
     key_server.fail_with(500)
 
     async def scenario(http: httpx.AsyncClient) -> list[Any]:
-        cache = JwksCache(issuer_config(key_server), http)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN)
         calls = (cache.get_key("key-0", "RS256") for _ in range(10))
         return await asyncio.gather(*calls, return_exceptions=True)
 
@@ -303,7 +315,7 @@ def test_jwks_cache_limits_refreshes_for_unknown_kids_to_budget_per_minute(key_s
     clock = FakeClock()
 
     async def scenario(http: httpx.AsyncClient) -> None:
-        cache = JwksCache(issuer_config(key_server), http, clock=clock)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN, clock=clock)
         await cache.get_key("key-0", "RS256")
         for _ in range(30):
             with pytest.raises(InvalidToken) as refused:
@@ -319,7 +331,7 @@ def test_jwks_cache_limits_refreshes_for_unknown_kids_to_budget_per_minute(key_s
 
         clock.advance(1.0)  # the first minute is over: the budget is back
         with pytest.raises(InvalidToken):
-            await cache.get_key("made-up", "RS256")
+            await cache.get_key("made-up", "RS256")  # not refreshed for before: worth a fetch
         assert key_server.jwks_fetches == 6
 
     run(scenario)
@@ -329,7 +341,7 @@ def test_jwks_cache_uses_refresh_budget_to_find_rotated_key_after_flood(key_serv
     clock = FakeClock()
 
     async def scenario(http: httpx.AsyncClient) -> None:
-        cache = JwksCache(issuer_config(key_server), http, clock=clock)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN, clock=clock)
         await cache.get_key("key-0", "RS256")
         for _ in range(10):
             with pytest.raises(InvalidToken):
@@ -352,13 +364,16 @@ def test_jwks_cache_serves_known_kid_without_waiting_for_refresh_in_flight(key_s
         send(handler, 200, json.dumps(key_server.issuer.jwks()).encode())
 
     async def scenario(http: httpx.AsyncClient) -> None:
-        cache = JwksCache(issuer_config(key_server), http)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN)
         await cache.get_key("key-0", "RS256")
         key_server.behaviour = slow_jwks
         try:
             pending = asyncio.ensure_future(cache.get_key("made-up", "RS256"))
-            while key_server.jwks_fetches < 2:  # the refresh has reached the key server
+            for _ in range(500):  # until the refresh has reached the key server (5 s at most)
+                if key_server.jwks_fetches >= 2:
+                    break
                 await asyncio.sleep(0.01)
+            assert key_server.jwks_fetches >= 2
             started_at = time.monotonic()
             await asyncio.wait_for(cache.get_key("key-0", "RS256"), timeout=0.5)
             assert time.monotonic() - started_at < 0.5
@@ -376,13 +391,14 @@ def test_jwks_cache_refreshes_keys_older_than_ttl(key_server):
     clock = FakeClock()
 
     async def scenario(http: httpx.AsyncClient) -> None:
-        cache = JwksCache(issuer_config(key_server), http, ttl_seconds=600.0, clock=clock)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN, clock=clock)
         await cache.get_key("key-0", "RS256")
         clock.advance(599.0)
         await cache.get_key("key-0", "RS256")
         assert key_server.jwks_fetches == 1
         clock.advance(1.0)
-        await cache.get_key("key-0", "RS256")
+        await cache.get_key("key-0", "RS256")  # answered at once from the keys it has...
+        await settled(cache)  # ...while they are refreshed in the background
         assert key_server.jwks_fetches == 2
 
     run(scenario)
@@ -393,12 +409,13 @@ def test_jwks_cache_keeps_stale_keys_when_refresh_fails(key_server, signing_keys
     clock = FakeClock()
 
     async def scenario(http: httpx.AsyncClient) -> JwksCache:
-        cache = JwksCache(issuer_config(key_server), http, ttl_seconds=600.0, clock=clock)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN, clock=clock)
         await cache.get_key("key-0", "RS256")
         take_down(key_server, how)
         clock.advance(601.0)
         for _ in range(20):
             assert same_key(await cache.get_key("key-0", "RS256"), signing_keys[0])
+        await settled(cache)
         return cache
 
     cache = run(scenario)
@@ -413,7 +430,7 @@ def test_jwks_cache_stops_retrying_cold_fetches_beyond_budget(key_server, signin
     key_server.fail_with(500)
 
     async def scenario(http: httpx.AsyncClient) -> None:
-        cache = JwksCache(issuer_config(key_server), http, clock=clock)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN, clock=clock)
         for _ in range(12):
             with pytest.raises(KeySourceUnavailable):
                 await cache.get_key("key-0", "RS256")
@@ -433,7 +450,7 @@ def test_jwks_cache_does_not_follow_redirect_even_if_client_would(key_server, ot
     key_server.behaviour = redirect_to(other_server.base_url + JWKS_PATH)
 
     async def scenario(http: httpx.AsyncClient) -> None:
-        cache = JwksCache(issuer_config(key_server), http)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN)
         with pytest.raises(KeySourceUnavailable):
             await cache.get_key("key-0", "RS256")
 
@@ -446,14 +463,14 @@ def test_jwks_cache_refuses_key_set_larger_than_max_bytes(key_server, content_le
     key_server.behaviour = padded_jwks(key_server, 1024 * 1024, content_length=content_length)
 
     async def scenario(http: httpx.AsyncClient) -> JwksCache:
-        cache = JwksCache(issuer_config(key_server), http, max_bytes=16 * 1024)
+        cache = JwksCache(issuer_config(key_server), http, CachePolicy(max_bytes=16 * 1024))
         with pytest.raises(KeySourceUnavailable):
             await cache.get_key("key-0", "RS256")
         return cache
 
     cache = run(scenario)
     assert cache.state().key_count == 0
-    assert "larger" in (cache.state().last_error or "")
+    assert "more than 16384 bytes" in (cache.state().last_error or "")
 
 
 def test_jwks_cache_refuses_compressed_key_set(key_server):
@@ -464,7 +481,7 @@ def test_jwks_cache_refuses_compressed_key_set(key_server):
     )
 
     async def scenario(http: httpx.AsyncClient) -> JwksCache:
-        cache = JwksCache(issuer_config(key_server), http)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN)
         with pytest.raises(KeySourceUnavailable):
             await cache.get_key("key-0", "RS256")
         return cache
@@ -477,7 +494,7 @@ def test_jwks_cache_accepts_key_set_within_max_bytes(key_server, signing_keys):
     key_server.behaviour = padded_jwks(key_server, 8 * 1024)
 
     async def scenario(http: httpx.AsyncClient) -> Any:
-        cache = JwksCache(issuer_config(key_server), http, max_bytes=16 * 1024)
+        cache = JwksCache(issuer_config(key_server), http, CachePolicy(max_bytes=16 * 1024))
         return await cache.get_key("key-0", "RS256")
 
     assert same_key(run(scenario), signing_keys[0])
@@ -510,7 +527,7 @@ def test_jwks_cache_refuses_key_set_without_usable_signing_key(key_server, body)
     key_server.behaviour = raw_body(body)
 
     async def scenario(http: httpx.AsyncClient) -> JwksCache:
-        cache = JwksCache(issuer_config(key_server), http)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN)
         with pytest.raises(KeySourceUnavailable):
             await cache.get_key("key-0", "RS256")
         return cache
@@ -525,7 +542,7 @@ def test_jwks_cache_refuses_symmetric_key_published_under_kid(key_server):
     key_server.behaviour = raw_body(json.dumps(document).encode())
 
     async def scenario(http: httpx.AsyncClient) -> None:
-        cache = JwksCache(issuer_config(key_server), http)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN)
         with pytest.raises(InvalidToken) as refused:
             await cache.get_key("shared", "RS256")
         assert refused.value.description == "algorithm not allowed"
@@ -538,7 +555,7 @@ def test_jwks_cache_refuses_key_published_for_another_algorithm(key_server):
     key_server.behaviour = raw_body(json.dumps({"keys": [jwk]}).encode())
 
     async def scenario(http: httpx.AsyncClient) -> None:
-        cache = JwksCache(issuer_config(key_server), http)
+        cache = JwksCache(issuer_config(key_server), http, NO_COOLDOWN)
         with pytest.raises(InvalidToken) as refused:
             await cache.get_key("key-0", "RS256")
         assert refused.value.description == "algorithm not allowed"

@@ -7,7 +7,7 @@ AuthError
   KeySourceUnavailable  503, Retry-After: the key server could not be reached and no cached key decides
 """
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 # The only texts that may appear in error_description: RFC 6750 section 3 restricts the characters
 # of that attribute, and a library's message could leak details or break the header.
@@ -31,6 +31,7 @@ DESCRIPTIONS = frozenset(
         "audience mismatch",
         "invalid claim",
         "unsupported authorization scheme",
+        "not an access token",
     }
 )
 
@@ -43,12 +44,23 @@ class AuthError(Exception):
     code: ClassVar[str] = "missing_token"  # the stable code of the JSON error body
     message: ClassVar[str] = "Missing or invalid token"
 
-    def __init__(self, description: str | None = None, *, realm: str = "timesheets") -> None:
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        realm: str = "timesheets",
+        reason: str | None = None,
+        **details: Any,
+    ) -> None:
         if description is not None and description not in DESCRIPTIONS:
             raise ValueError(f"not in the fixed vocabulary: {description!r}")
         super().__init__(description or self.message)
         self.description = description
         self.realm = realm
+        # For logs and metrics only, never for the response: the class of the rejection and what
+        # an operator needs to fix it (expected against received, by how many seconds...).
+        self.reason = reason or (description or self.code).replace(" ", "_")
+        self.details = details
 
     def challenge_params(self) -> list[tuple[str, str]]:
         params = [("realm", self.realm)]
@@ -58,11 +70,14 @@ class AuthError(Exception):
             params.append(("error_description", self.description))
         return params
 
-    def www_authenticate(self) -> str:
-        return "Bearer " + ", ".join(f'{name}="{value}"' for name, value in self.challenge_params())
+    def www_authenticate(self, *, resource_metadata: str | None = None) -> str:
+        params = self.challenge_params()
+        if resource_metadata:  # RFC 9728 section 5.1
+            params.append(("resource_metadata", resource_metadata))
+        return "Bearer " + ", ".join(f'{name}="{value}"' for name, value in params)
 
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": self.www_authenticate()}
+    def headers(self, *, resource_metadata: str | None = None) -> dict[str, str]:
+        return {"WWW-Authenticate": self.www_authenticate(resource_metadata=resource_metadata)}
 
 
 class MissingToken(AuthError):
@@ -81,7 +96,7 @@ class InsufficientScope(AuthError):
     message = "Forbidden"
 
     def __init__(self, scope: str, *, realm: str = "timesheets") -> None:
-        super().__init__(None, realm=realm)
+        super().__init__(None, realm=realm, reason="insufficient_scope", required=scope)
         self.scope = scope
 
     def challenge_params(self) -> list[tuple[str, str]]:
@@ -96,5 +111,5 @@ class KeySourceUnavailable(AuthError):
     message = "The token cannot be checked right now: the issuer's keys are unreachable"
     retry_after: ClassVar[int] = 30
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, *, resource_metadata: str | None = None) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}

@@ -7,7 +7,6 @@ that a token which could not be valid never causes a request to the key server.
 import base64
 import binascii
 import json
-import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +16,13 @@ from typing import Any
 import httpx
 import jwt
 
+from .claims import (
+    check_access_token_profile,
+    check_audience,
+    check_issuer,
+    check_subject,
+    check_times,
+)
 from .config import AuthConfig
 from .errors import InvalidToken
 from .jwks import JwksCache, KeySourceState
@@ -29,6 +35,10 @@ _KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
 # RFC 9068 section 2.1 (at+jwt) and the plain JWT type that Auth0 issues.
 _ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt", "application/jwt"})
 
+_AUDIENCE_HINT = (
+    "not a signed JWT: Auth0 issues opaque or encrypted tokens when the client requests no "
+    "audience; request the token with this API's identifier as audience"
+)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")  # RFC 7515 section 2: base64url without padding
 # Clients send the same token for its whole lifetime, so its signature is checked once and the
 # outcome remembered; what depends on the time (exp, nbf, iat) is checked again on every use.
@@ -66,17 +76,17 @@ class TokenVerifier:
     @classmethod
     def for_config(cls, config: AuthConfig, client: httpx.AsyncClient) -> "TokenVerifier":
         """A verifier with one key cache per configured issuer, all fetching through `client`."""
-        caches = {
-            entry.issuer: JwksCache(
-                entry,
-                client,
-                ttl_seconds=config.jwks_ttl_seconds,
-                refreshes_per_minute=config.jwks_refreshes_per_minute,
-                max_bytes=config.jwks_max_bytes,
-            )
-            for entry in config.issuers
-        }
+        caches = {entry.issuer: JwksCache(entry, client, config.keys) for entry in config.issuers}
         return cls(config, caches)
+
+    def start(self) -> None:
+        """Fetch every issuer's keys now, and keep them fresh in the background."""
+        for cache in self._caches.values():
+            cache.start()
+
+    async def close(self) -> None:
+        for cache in self._caches.values():
+            await cache.close()
 
     def key_sources(self) -> list[KeySourceState]:
         return [cache.state() for cache in self._caches.values()]
@@ -101,6 +111,8 @@ class TokenVerifier:
         key = await cache.get_key(header.get("kid"), alg)
         self._check_signature(segments, key, alg)
         self._check_claims(claims, cache.issuer.issuer)
+        if self.config.require_at_jwt:
+            check_access_token_profile(header, claims)
         principal = Principal.from_claims(claims, email_claim=self.config.email_claim)
         self._remember(token, _Verified(claims, principal, cache, cache.generation))
         return principal
@@ -115,15 +127,19 @@ class TokenVerifier:
     def _check_size(self, token: str) -> None:
         # Oversized tokens are refused before any parsing (a cheap defence against decode bombs).
         if len(token) > self.config.max_token_bytes:
-            raise InvalidToken("token too large")
+            raise InvalidToken("token too large", reason="too_large", length=len(token))
 
     @staticmethod
     def _split(token: str) -> list[str]:
         segments = token.split(".")
         if len(segments) == 5:  # RFC 7516 compact JWE: an encrypted token, not a signed one
-            raise InvalidToken("encrypted tokens are not accepted")
+            raise InvalidToken(
+                "encrypted tokens are not accepted", reason="encrypted", hint=_AUDIENCE_HINT
+            )
+        if len(segments) == 1 and _SEGMENT.fullmatch(token):
+            raise InvalidToken("malformed token", reason="opaque", hint=_AUDIENCE_HINT)
         if len(segments) != 3 or not all(_SEGMENT.fullmatch(segment) for segment in segments):
-            raise InvalidToken("malformed token")
+            raise InvalidToken("malformed token", reason="malformed", segments=len(segments))
         return segments
 
     def _check_header(self, header: dict[str, Any]) -> str:
@@ -131,28 +147,36 @@ class TokenVerifier:
         # RFC 8725 section 3.1: only the configured asymmetric algorithms, compared exactly, so
         # "none" in any casing and HMAC with a public key as its secret never reach a key.
         if not isinstance(alg, str) or alg not in self._algorithms:
-            raise InvalidToken("algorithm not allowed")
-        if any(name in header for name in _KEY_REFERENCE_HEADERS):
-            raise InvalidToken("key reference in token header not allowed")
+            raise InvalidToken(
+                "algorithm not allowed",
+                reason="disallowed_algorithm",
+                received=str(alg)[:20],
+                allowed=list(self._algorithms),
+            )
+        references = [name for name in _KEY_REFERENCE_HEADERS if name in header]
+        if references:
+            raise InvalidToken(
+                "key reference in token header not allowed",
+                reason="key_reference",
+                headers=references,
+            )
         # RFC 7515 section 4.1.11: we understand no extension, so any critical one is a rejection.
         if "crit" in header:
-            raise InvalidToken("unsupported critical header")
+            raise InvalidToken("unsupported critical header", reason="critical_header")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES):
-            raise InvalidToken("unsupported token type")
+            raise InvalidToken("unsupported token type", reason="token_type", typ=str(typ)[:40])
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise InvalidToken("malformed token")
+            raise InvalidToken("malformed token", reason="malformed", field="kid")
         return alg
 
     def _cache_for(self, claims: dict[str, Any]) -> JwksCache:
         # The unverified `iss` only picks which issuer's keys to try: a token naming an issuer we
         # do not trust is refused before any network request (the signature still decides).
         issuer = claims.get("iss")
-        cache = self._caches.get(issuer) if isinstance(issuer, str) else None
-        if cache is None:
-            raise InvalidToken("issuer mismatch")
-        return cache
+        check_issuer(issuer, self._caches.keys())
+        return self._caches[str(issuer)]
 
     def _check_signature(self, segments: list[str], key: Any, alg: str) -> None:
         signing_input = f"{segments[0]}.{segments[1]}".encode("ascii")
@@ -162,61 +186,28 @@ class TokenVerifier:
         except (ValueError, TypeError, jwt.PyJWTError):
             valid = False
         if not valid:
-            raise InvalidToken("invalid signature")
+            raise InvalidToken("invalid signature", reason="bad_signature")
 
     def _check_claims(self, claims: dict[str, Any], issuer: str) -> None:
         """RFC 7519 section 4.1, with one leeway for clock skew on exp, nbf and iat."""
-        now, leeway = self._clock(), self.config.leeway_seconds
-        expires = _numeric_claim(claims, "exp", required=True)
-        if expires is not None and now - leeway >= expires:
-            raise InvalidToken("token expired")
-        not_before = _numeric_claim(claims, "nbf")
-        if not_before is not None and now + leeway < not_before:
-            raise InvalidToken("token not yet valid")
-        issued_at = _numeric_claim(claims, "iat")
-        if issued_at is not None and now + leeway < issued_at:
-            raise InvalidToken("token issued in the future")
-        if claims.get("iss") != issuer:
-            raise InvalidToken("issuer mismatch")
-        self._check_audience(claims.get("aud"))
-        subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject:
-            raise InvalidToken("missing required claim" if subject is None else "invalid claim")
-
-    def _check_audience(self, audience: Any) -> None:
-        # RFC 7519 section 4.1.3: a string, or an array of which one must be ours.
-        if audience is None:
-            raise InvalidToken("missing required claim")
-        values = [audience] if isinstance(audience, str) else audience
-        if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
-            raise InvalidToken("invalid claim")
-        if self._audiences.isdisjoint(values):
-            raise InvalidToken("audience mismatch")
-
-
-def _numeric_claim(claims: dict[str, Any], name: str, *, required: bool = False) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        if required:
-            raise InvalidToken("missing required claim")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidToken("invalid claim")
-    return value
+        check_times(claims, now=self._clock(), leeway=self.config.leeway_seconds)
+        check_issuer(claims.get("iss"), (issuer,))
+        check_audience(claims, self._audiences)
+        check_subject(claims)
 
 
 def _b64decode(segment: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
-        raise InvalidToken("malformed token") from None
+        raise InvalidToken("malformed token", reason="malformed", field="base64") from None
 
 
 def _decode_json(segment: str) -> dict[str, Any]:
     try:
         value = json.loads(_b64decode(segment))
     except (ValueError, RecursionError):  # also UnicodeDecodeError; RecursionError: deep nesting
-        raise InvalidToken("malformed token") from None
+        raise InvalidToken("malformed token", reason="malformed", field="json") from None
     if not isinstance(value, dict):
-        raise InvalidToken("malformed token")
+        raise InvalidToken("malformed token", reason="malformed", field="json")
     return value

@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from ..errors import DatabaseUnavailable
 from ..http import JSONResponse
+from . import OPERATIONS
 
 _DOCS = """<!doctype html>
 <html><head><title>Timesheets API</title><meta charset="utf-8">
@@ -34,6 +35,29 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
+PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
+
+
+async def protected_resource(request: Request) -> Response:
+    """RFC 9728 protected-resource metadata: which issuers' tokens this API takes, and how."""
+    settings = request.app.state.settings
+    base = str(request.base_url).rstrip("/")
+    scopes = sorted({op.scope for op in OPERATIONS if op.scope})
+    return JSONResponse(
+        {
+            # Section 3.3: the resource identifier the metadata URL was built from.
+            "resource": base,
+            "authorization_servers": list(settings.issuer),
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": scopes,
+            "resource_signing_alg_values_supported": list(settings.algorithms),
+            "resource_name": "Timesheets API",
+            "resource_documentation": f"{base}/docs",
+            "audiences": list(settings.audience),
+        }
+    )
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
 
@@ -46,5 +70,6 @@ ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route(PROTECTED_RESOURCE_PATH, protected_resource, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
 ]
