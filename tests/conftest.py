@@ -103,6 +103,15 @@ def postgres_database() -> Iterator[str]:
     asyncio.run(_admin(POSTGRES_URL, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
+# Every table the migrations made, whatever they are by now, emptied with its id sequences.
+_TRUNCATE_ALL = """
+DO $$ DECLARE tables text; BEGIN
+  SELECT string_agg(quote_ident(tablename), ', ') INTO tables FROM pg_tables
+   WHERE schemaname = 'public' AND tablename <> 'alembic_version';
+  EXECUTE 'TRUNCATE ' || tables || ' RESTART IDENTITY';
+END $$"""
+
+
 async def _admin(url: str, *statements: str) -> None:
     connection = await asyncpg.connect(url)
     try:
@@ -120,9 +129,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
         shutil.copy(sqlite_template, path)
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_database")
-    asyncio.run(
-        _admin(url, "TRUNCATE timesheet_entry, entry_event, idempotency_key RESTART IDENTITY")
-    )
+    asyncio.run(_admin(url, _TRUNCATE_ALL))
     return url
 
 
