@@ -37,8 +37,17 @@ COLUMNS = {
     "created_at": (False, False),
     "updated_at": (False, False),
     "body": (False, False),
+    "version": (False, False),
+    "deleted_at": (True, False),
+    "external_ref": (True, False),
+    "source_client": (True, False),
 }
-INDEXES = {"ix_entry_user_date", "ix_entry_status_date"}
+INDEXES = {
+    "ix_entry_user_date",
+    "ix_entry_status_date",
+    "ix_entry_user_updated",
+    "ux_entry_external_ref",
+}
 
 
 def head_revision() -> str:
@@ -287,7 +296,7 @@ def test_upgrade_renders_the_document_of_entries_stored_before_body_existed(tmp_
         "'2017-07-11T08:30:00.000001Z')"
     )
     connection.commit()
-    upgrade(url)
+    upgrade(url, "0002")
     (body,) = connection.execute("SELECT body FROM timesheet_entry").fetchone()
     connection.close()
     assert json.loads(body) == {
@@ -303,3 +312,43 @@ def test_upgrade_renders_the_document_of_entries_stored_before_body_existed(tmp_
         "created_at": "2017-07-10T12:00:00.123Z",
         "updated_at": "2017-07-11T08:30:00.000Z",
     }
+
+
+def test_upgrade_renders_version_and_external_ref_into_stored_documents(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0002")
+    connection = sqlite3.connect(tmp_path / "old.db")
+    connection.execute(
+        "INSERT INTO timesheet_entry (user_id, work_date, project, hours_cents, notes, status, "
+        "created_by, created_at, updated_at, body) VALUES ('ann@example.com', '2017-07-10', "
+        "'StoreZero', 750, 'n', 'pending', 'auth0|ann', '2017-07-10T12:00:00.123456Z', "
+        "'2017-07-11T08:30:00.000001Z', '{}')"
+    )
+    connection.commit()
+    upgrade(url)
+    (body, version) = connection.execute("SELECT body, version FROM timesheet_entry").fetchone()
+    connection.close()
+    assert version == 1
+    assert json.loads(body) == {
+        "id": 1,
+        "user_id": "ann@example.com",
+        "date": "2017-07-10",
+        "project": "StoreZero",
+        "hours": 7.5,
+        "notes": "n",
+        "status": "pending",
+        "approved": False,
+        "rejection_reason": None,
+        "created_at": "2017-07-10T12:00:00.123Z",
+        "updated_at": "2017-07-11T08:30:00.000Z",
+        "version": 1,
+        "external_ref": None,
+    }
+
+
+def test_upgrade_creates_audit_and_idempotency_tables(empty_database_url):
+    upgrade(empty_database_url)
+    db = Inspector(empty_database_url)
+
+    assert db.query("SELECT COUNT(*) FROM entry_event") == [(0,)]
+    assert db.query("SELECT COUNT(*) FROM idempotency_key") == [(0,)]

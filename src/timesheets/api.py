@@ -13,11 +13,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .auth import InsufficientScope, Principal, TokenVerifier, bearer_token
-from .errors import NotFound, ValidationFailed
+from .errors import InvalidIdempotencyKey, NotFound, ValidationFailed
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 # Only YYYY-MM-DD: date.fromisoformat also reads week dates (2017-W28-1) and other scripts' digits.
 _QUERY_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_ENTITY_TAG = re.compile(r'(W/)?"(\d{1,18})-(\d{1,18})"', re.ASCII)
+# RFC 3339 date-time: a time zone is required, so that the instant is unambiguous.
+_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,7 @@ class Operation:
     method: str
     path: str
     handler: Handler
-    scope: str
+    scope: str | None  # None: any valid token will do
     status: int = 200
     body: tuple[type[BaseModel], ...] = ()
     response: type[BaseModel] | None = None
@@ -33,6 +38,10 @@ class Operation:
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, str, dict[str, Any]], ...] = ()  # (name, description, schema)
     extra: dict[str, Any] = field(default_factory=dict)
+    also: tuple[str, ...] = ()  # scopes that grant access as well as `scope`
+    request_headers: tuple[str, ...] = ()  # documented request headers, see openapi.HEADERS
+    response_headers: tuple[str, ...] = ()
+    media_type: str = "application/json"
 
     @property
     def name(self) -> str:
@@ -44,7 +53,7 @@ class Operation:
 
     def route(self) -> Route:
         async def endpoint(request: Request) -> Response:
-            principal = await authenticate(request, self.scope)
+            principal = await authenticate(request, self.scope, *self.also)
             return await self.handler(request, principal)
 
         endpoint.__name__ = self.name
@@ -52,7 +61,7 @@ class Operation:
 
 
 def operation(
-    method: str, path: str, *, scope: str, **options: Any
+    method: str, path: str, *, scope: str | None, **options: Any
 ) -> Callable[[Handler], Operation]:
     def declare(handler: Handler) -> Operation:
         return Operation(method, path, handler, scope, **options)
@@ -60,15 +69,15 @@ def operation(
     return declare
 
 
-async def authenticate(request: Request, scope: str) -> Principal:
-    """The verified caller, who must hold `scope`.
+async def authenticate(request: Request, scope: str | None, *also: str) -> Principal:
+    """The verified caller, who must hold `scope` or one of `also` (with None: any valid token).
 
     Raises:
         MissingToken, InvalidToken, KeySourceUnavailable, InsufficientScope.
     """
     verifier: TokenVerifier = request.app.state.verifier
     principal = await verifier.verify(bearer_token(request.headers.get("authorization")))
-    if not principal.has_scope(scope):
+    if scope is not None and not any(principal.has_scope(name) for name in (scope, *also)):
         raise InsufficientScope(scope)
     return principal
 
@@ -102,3 +111,80 @@ def query_int(request: Request, name: str, *, low: int, high: int) -> int | None
     if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise ValidationFailed.field(name, f"{name} must be a whole number from {low} to {high}")
     return int(value)
+
+
+def query_timestamp(request: Request, name: str) -> dt.datetime | None:
+    """An RFC 3339 date-time (with a zone) from the query, in UTC; digits past microseconds are
+    dropped (so the instant is never later than the one given)."""
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    match = _TIMESTAMP.fullmatch(value)
+    if match:
+        fraction = (match.group(1) or "")[:7]
+        zone = "+00:00" if match.group(2) in "Zz" else match.group(2)
+        try:
+            return dt.datetime.fromisoformat(
+                f"{value[:10]}T{value[11:19]}{fraction}{zone}"
+            ).astimezone(dt.UTC)
+        except (ValueError, OverflowError):
+            pass
+    raise ValidationFailed.field(name, f"{name} must be an RFC 3339 date-time with a time zone")
+
+
+def etag(entry_id: int, version: int) -> str:
+    """The entry's strong entity tag (RFC 9110 8.8.3): its id and version."""
+    return f'"{entry_id}-{version}"'
+
+
+def _entity_tags(request: Request, header: str) -> list[str] | None:
+    values = request.headers.getlist(header)
+    if not values:
+        return None
+    return [tag.strip() for value in values for tag in value.split(",") if tag.strip()]
+
+
+def if_match(request: Request, entry_id: int) -> frozenset[int] | None:
+    """The versions of the entry that `If-Match` accepts, or None without one (or with `*`).
+
+    Strong comparison (RFC 9110 13.1.1): weak tags and others' tags match nothing, so a list
+    without this entry's current tag fails the precondition.
+    """
+    tags = _entity_tags(request, "if-match")
+    if tags is None or "*" in tags:
+        return None
+    versions = set()
+    for tag in tags:
+        match = _ENTITY_TAG.fullmatch(tag)
+        if match and not match.group(1) and int(match.group(2)) == entry_id:
+            versions.add(int(match.group(3)))
+    return frozenset(versions)
+
+
+def none_match(request: Request, current: str) -> bool:
+    """Whether `If-None-Match` names the `current` tag, or `*` (weak comparison, RFC 9110
+    13.1.2): then GET answers 304."""
+    tags = _entity_tags(request, "if-none-match")
+    if tags is None:
+        return False
+    return "*" in tags or any(tag.removeprefix("W/") == current for tag in tags)
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The `Idempotency-Key`, if any: 1 to 255 printable ASCII characters, bare or as the
+    draft's quoted structured-field string.
+
+    Raises:
+        InvalidIdempotencyKey: given twice, empty, too long, or other characters.
+    """
+    values = request.headers.getlist("idempotency-key")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidIdempotencyKey("give Idempotency-Key once")
+    value = values[0]
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not 1 <= len(value) <= 255 or not all(" " <= char <= "~" for char in value):
+        raise InvalidIdempotencyKey()
+    return value

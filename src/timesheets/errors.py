@@ -2,11 +2,15 @@
 
 ApiError                  400  -> {"error", "message", "detail"?, "errors"?}
   MalformedBody           400
+  InvalidIdempotencyKey   400
   ValidationFailed        422  (with the fields at fault)
   Forbidden               403
   NotFound                404
   MethodNotAllowed        405
   Conflict                409
+    IdempotencyKeyInUse   409  (the first request with the key is still being processed)
+  IdempotencyKeyReused    422  (the key came with another request)
+  PreconditionFailed      412  (If-Match)
   PayloadTooLarge         413
   UnsupportedMediaType    415
   ServiceUnavailable      503  (with Retry-After)
@@ -89,6 +93,28 @@ class Conflict(ApiError):
     status_code = 409
     error = "conflict"
     message = "The entry's state does not allow this"
+
+
+class IdempotencyKeyInUse(Conflict):
+    error = "idempotency_key_in_use"
+    message = "A request with this Idempotency-Key is still being processed; retry later"
+
+
+class IdempotencyKeyReused(ApiError):
+    status_code = 422
+    error = "idempotency_key_reused"
+    message = "This Idempotency-Key was used for a different request"
+
+
+class InvalidIdempotencyKey(ApiError):
+    error = "invalid_idempotency_key"
+    message = "Idempotency-Key must be 1 to 255 printable ASCII characters"
+
+
+class PreconditionFailed(ApiError):
+    status_code = 412
+    error = "precondition_failed"
+    message = "The entry has changed since it was read (If-Match does not match its ETag)"
 
 
 class PayloadTooLarge(ApiError):

@@ -72,6 +72,9 @@ Notes = Annotated[str, StringConstraints(max_length=2000), _Text]
 UserId = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), _Text
 ]
+ExternalRef = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), _Text
+]
 Reason = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), _Text
 ]
@@ -94,6 +97,11 @@ class EntryUpload(EntryCreate):
     """An entry uploaded by a batch client on behalf of `user_id` (an external employee id)."""
 
     user_id: UserId
+    external_ref: ExternalRef | None = Field(
+        None,
+        description="the entry's id in the uploading system; unique per uploading client, so "
+        "that a re-run answers (or updates) the stored entry instead of creating it twice",
+    )
 
 
 class EntryUpdate(_Input):
@@ -106,6 +114,10 @@ class EntryUpdate(_Input):
 
 
 class Rejection(_Input):
+    reason: Reason
+
+
+class Reopening(_Input):
     reason: Reason
 
 
@@ -127,6 +139,59 @@ class EntryPublic(BaseModel):
     rejection_reason: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    version: int = Field(description="1 when created, one more on every change; see the ETag")
+    external_ref: str | None = Field(description="the upload's reference, if it gave one")
+
+
+class Tombstone(BaseModel):
+    """What sync (`updated_since`) shows of a deleted entry."""
+
+    id: int
+    deleted: Literal[True]
+    version: int
+    updated_at: dt.datetime
+
+
+class EntryEvent(BaseModel):
+    """One change of an entry, as its history shows it."""
+
+    id: int
+    entry_id: int
+    action: Literal["created", "edited", "deleted", "approved", "rejected", "reopened", "uploaded"]
+    actor: str = Field(
+        description="the user id (or, for a machine token, the subject) of the caller"
+    )
+    client_id: str | None = Field(description="the token's azp or client_id")
+    at: dt.datetime
+    reason: str | None = Field(description="of a rejection or a reopening")
+    before: dict[str, Any] | None = Field(description="the entry before the change")
+    after: dict[str, Any] | None = Field(description="the entry after it (deleted: null)")
+
+
+class SummaryGroup(BaseModel):
+    key: str = Field(description="the day (YYYY-MM-DD), ISO week (2017-W28) or project")
+    hours: float
+    entries: int
+
+
+class Summary(BaseModel):
+    """Totals of the caller's own entries."""
+
+    group_by: Literal["day", "week", "project"]
+    from_: dt.date | None = Field(alias="from")
+    to: dt.date | None
+    hours: float
+    entries: int
+    groups: list[SummaryGroup]
+
+
+class Me(BaseModel):
+    """Who the token says the caller is, and what it may do."""
+
+    user_id: str
+    subject: str
+    client_id: str | None
+    scopes: list[str] = Field(description="sorted")
 
 
 class ErrorBody(BaseModel):
@@ -146,6 +211,9 @@ READ_ONLY_FIELDS = (
     "rejection_reason",
     "created_at",
     "updated_at",
+    "version",
+    "external_ref",
+    "deleted",
 )
 
 

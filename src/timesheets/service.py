@@ -3,20 +3,28 @@
 Every write renders the entry's public JSON once and stores it beside the columns (`body`), so that
 reads, lists above all, hand the stored documents out without turning rows into objects and back
 into JSON: that work was most of the cost of a list (see bench/README.md). The columns stay the
-truth for every rule and query; `body` is rewritten in the same transaction as any change to them.
+truth for every rule and query; `body` is rewritten in the same transaction as any change to them,
+and so is the change's audit event (audit.py).
+
+Every transaction that changes a user's entries first locks `entries:<user_id>` (after the upload
+lock, if any; several users in sorted order), then reads the entry again and takes the time. So the
+checks (version, status, the 24 hour cap) see the latest committed state, and `updated_at` grows in
+the order in which a user's changes commit, which sync (`list_changes`) relies on. Deleted entries
+stay as tombstones (`deleted_at`): no read shows them except sync and the history.
 """
 
-import base64
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
+from . import audit
 from .db import Connection, Database, Row
-from .errors import Conflict, Forbidden, NotFound, ValidationFailed
+from .documents import DocumentList, Page, timestamp_text
+from .errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationFailed
 from .inputs import MAX_HOUR_CENTS
 
 
@@ -27,12 +35,22 @@ class EntryStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Actor:
+    """Who makes a change: the user id, the token's subject, and the client it came through."""
+
+    user_id: str
+    subject: str
+    client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewEntry:
     user_id: str
     work_date: dt.date
     project: str
     hours_cents: int
     notes: str = ""
+    external_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,43 +62,34 @@ class EntryFilter:
     project: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    limit: int
-    after: tuple[str, int] | None = None  # (date, id) of the last entry already seen
-
-
 _COLUMNS = (
     "id, user_id, work_date, project, hours_cents, notes, status, rejection_reason, "
-    "created_at, updated_at"
+    "created_at, updated_at, version, external_ref, deleted_at"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM timesheet_entry"
 
 
 @dataclass(frozen=True, slots=True)
 class EntryDocument:
-    """An entry as clients see it: its public JSON, as stored, with what paging needs."""
+    """An entry as clients see it: its public JSON, as stored, with what paging and ETags need."""
 
     id: int
     date: str
     json: str
+    version: int
+
+
+BeforeCommit = Callable[[Connection, list[EntryDocument]], Awaitable[None]]
+"""Called with the written documents inside the write transaction, just before it commits."""
 
 
 def _date_text(value: Any) -> str:
     return value if type(value) is str else str(value.isoformat())
 
 
-def _timestamp_text(value: Any) -> str:
-    # Stored with microseconds (text in SQLite, timestamptz in PostgreSQL); shown with
-    # milliseconds and a Z, which every client's parser reads.
-    if type(value) is not str:
-        value = value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return f"{value[:23]}Z"
-
-
 def entry_from_row(row: Row) -> dict[str, Any]:
-    """The public shape of an entry (see schemas.EntryPublic). On the hot path of every list."""
-    entry_id, user_id, work_date, project, cents, notes, status, reason, created, updated = row
+    """The public shape of an entry (see schemas.EntryPublic)."""
+    entry_id, user_id, work_date, project, cents, notes, status, reason, created, updated = row[:10]
     return {
         "id": entry_id,
         "user_id": user_id,
@@ -91,14 +100,21 @@ def entry_from_row(row: Row) -> dict[str, Any]:
         "status": status,
         "approved": status == "approved",
         "rejection_reason": reason,
-        "created_at": _timestamp_text(created),
-        "updated_at": _timestamp_text(updated),
+        "created_at": timestamp_text(created),
+        "updated_at": timestamp_text(updated),
+        "version": row[10],
+        "external_ref": row[11],
     }
 
 
+def tombstone_from_row(row: Row) -> dict[str, Any]:
+    """What sync shows of a deleted entry (see schemas.Tombstone)."""
+    return {"id": row[0], "deleted": True, "version": row[10], "updated_at": timestamp_text(row[9])}
+
+
 def _render(row: Row) -> EntryDocument:
-    entry = entry_from_row(row)
-    return EntryDocument(entry["id"], entry["date"], orjson.dumps(entry).decode())
+    entry = entry_from_row(row) if row[12] is None else tombstone_from_row(row)
+    return EntryDocument(row[0], _date_text(row[2]), orjson.dumps(entry).decode(), row[10])
 
 
 async def _store(tx: Connection, row: Row) -> EntryDocument:
@@ -118,24 +134,6 @@ def _now() -> dt.datetime:
 # --- reading ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DocumentList:
-    """Stored documents in list order, kept as the driver's rows: (id, date, body)."""
-
-    rows: list[Row]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def bodies(self, limit: int) -> list[str]:
-        return [row[2] for row in self.rows[:limit]]
-
-    def position(self, index: int) -> tuple[str, int]:
-        """The (date, id) of the entry at `index`: where a page that ends there resumes."""
-        row = self.rows[index]
-        return row[1], row[0]
-
-
 async def list_entries(db: Database, *, where: EntryFilter, page: Page) -> DocumentList:
     """Entries matching `where`, oldest first (by date, then id); at most `page.limit` + 1 of them,
     so that the caller can tell whether there is a next page."""
@@ -144,10 +142,8 @@ async def list_entries(db: Database, *, where: EntryFilter, page: Page) -> Docum
         clauses.append("(work_date > :after_date OR (work_date = :after_date AND id > :after_id))")
         params["after_date"] = dt.date.fromisoformat(page.after[0])
         params["after_id"] = page.after[1]
-    sql = "SELECT id, CAST(work_date AS TEXT), body FROM timesheet_entry"
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
-    sql += " ORDER BY work_date, id LIMIT :limit"
+    sql = "SELECT id, CAST(work_date AS TEXT), body FROM timesheet_entry WHERE "
+    sql += " AND ".join(clauses) + " ORDER BY work_date, id LIMIT :limit"
     params["limit"] = page.limit + 1
     return DocumentList(await db.fetch_all(sql, params))
 
@@ -162,17 +158,40 @@ def _filter_clauses(where: EntryFilter) -> tuple[list[str], dict[str, Any]]:
     )
     clauses = [clause for clause, _, value in candidates if value is not None]
     params = {name: value for _, name, value in candidates if value is not None}
-    return clauses, params
+    return ["deleted_at IS NULL", *clauses], params
+
+
+async def list_changes(
+    db: Database, *, user_id: str, since: dt.datetime, page: Page
+) -> tuple[DocumentList, dt.datetime]:
+    """`user_id`'s entries changed at or after `since`, deleted ones as tombstones, in the order of
+    their changes (updated_at, id); with the time to ask from next.
+
+    The time is taken while holding the user's lock: a change that has not committed yet takes
+    its `updated_at` after that, so asking from this time next misses nothing.
+    """
+    params: dict[str, Any] = {"user_id": user_id, "since": since, "limit": page.limit + 1}
+    sql = "SELECT id, updated_at, body FROM timesheet_entry WHERE user_id = :user_id"
+    sql += " AND updated_at >= :since"
+    if page.after is not None:
+        sql += " AND (updated_at > :after_at OR (updated_at = :after_at AND id > :after_id))"
+        params["after_at"] = dt.datetime.fromisoformat(page.after[0])
+        params["after_id"] = page.after[1]
+    async with db.transaction() as tx:
+        await tx.lock(f"entries:{user_id}")
+        now = _now()
+        rows = await tx.fetch_all(sql + " ORDER BY updated_at, id LIMIT :limit", params)
+    return DocumentList(rows, full_timestamps=True), now
 
 
 async def get_entry(db: Database | Connection, *, entry_id: int, user_id: str | None) -> Row:
     """The entry `entry_id`; with `user_id`, only if it belongs to that user.
 
     Raises:
-        NotFound: no such entry, or someone else's (which must not be told apart).
+        NotFound: no such entry, a deleted one, or someone else's (which must not be told apart).
     """
     row = await db.fetch_one(f"{_SELECT} WHERE id = :id", {"id": entry_id})
-    if row is None or (user_id is not None and row[1] != user_id):
+    if row is None or row[12] is not None or (user_id is not None and row[1] != user_id):
         raise NotFound(f"no entry {entry_id}")
     return row
 
@@ -181,175 +200,212 @@ async def get_document(db: Database, *, entry_id: int, user_id: str) -> EntryDoc
     """One of `user_id`'s own entries.
 
     Raises:
-        NotFound: no such entry, or someone else's (which must not be told apart).
+        NotFound: no such entry, a deleted one, or someone else's.
     """
     row = await db.fetch_one(
-        "SELECT id, work_date, body, user_id FROM timesheet_entry WHERE id = :id", {"id": entry_id}
+        "SELECT id, work_date, body, user_id, version, deleted_at FROM timesheet_entry "
+        "WHERE id = :id",
+        {"id": entry_id},
     )
-    if row is None or row[3] != user_id:
+    if row is None or row[3] != user_id or row[5] is not None:
         raise NotFound(f"no entry {entry_id}")
-    return EntryDocument(row[0], _date_text(row[1]), row[2])
+    return EntryDocument(row[0], _date_text(row[1]), row[2], row[4])
 
 
-# --- writing ------------------------------------------------------------------------------------
+# --- creating -----------------------------------------------------------------------------------
 
 
 async def create_entries(
-    db: Database, *, entries: list[NewEntry], actor: str
+    db: Database,
+    *,
+    entries: list[NewEntry],
+    actor: Actor,
+    before_commit: BeforeCommit | None = None,
 ) -> list[EntryDocument]:
     """Stores every entry or none (one transaction); ids come from the database.
 
     Raises:
         ValidationFailed: an entry would take its user over 24 hours on its date.
     """
-    now = _now()
     async with db.transaction() as tx:
-        await _check_daily_caps(tx, entries, exclude_id=None)
-        created = []
-        for entry in entries:
-            row = await tx.fetch_one(
-                "INSERT INTO timesheet_entry (user_id, work_date, project, hours_cents, notes, "
-                "status, created_by, created_at, updated_at) VALUES (:user_id, :work_date, "
-                ":project, :hours_cents, :notes, 'pending', :actor, :now, :now) "
-                f"RETURNING {_COLUMNS}",
-                {
-                    "user_id": entry.user_id,
-                    "work_date": entry.work_date,
-                    "project": entry.project,
-                    "hours_cents": entry.hours_cents,
-                    "notes": entry.notes,
-                    "actor": actor,
-                    "now": now,
-                },
-            )
-            assert row is not None  # RETURNING always yields the inserted row
-            created.append(await _store(tx, row))
+        await lock_owners(tx, (entry.user_id for entry in entries))
+        now = _now()
+        await _check_daily_caps(tx, entries, replacing=())
+        created = [
+            await _insert(tx, entry, actor=actor, now=now, action="created") for entry in entries
+        ]
+        if before_commit is not None:
+            await before_commit(tx, created)
     return created
 
 
+async def lock_owners(tx: Connection, user_ids: Iterable[str]) -> None:
+    """Locks each user's entries, in sorted order (two transactions cannot deadlock on them)."""
+    for user_id in sorted(set(user_ids)):
+        await tx.lock(f"entries:{user_id}")
+
+
+async def _insert(
+    tx: Connection,
+    entry: NewEntry,
+    *,
+    actor: Actor,
+    now: dt.datetime,
+    action: str,
+    source: str | None = None,
+) -> EntryDocument:
+    row = await tx.fetch_one(
+        "INSERT INTO timesheet_entry (user_id, work_date, project, hours_cents, notes, "
+        "status, created_by, created_at, updated_at, external_ref, source_client) VALUES "
+        "(:user_id, :work_date, :project, :hours_cents, :notes, 'pending', :actor, :now, :now, "
+        f":external_ref, :source) RETURNING {_COLUMNS}",
+        {
+            "user_id": entry.user_id,
+            "work_date": entry.work_date,
+            "project": entry.project,
+            "hours_cents": entry.hours_cents,
+            "notes": entry.notes,
+            "actor": actor.subject,
+            "now": now,
+            "external_ref": entry.external_ref,
+            "source": source if entry.external_ref else None,
+        },
+    )
+    assert row is not None  # RETURNING always yields the inserted row
+    document = await _store(tx, row)
+    await audit.record_event(tx, action=action, actor=actor, at=now, before=None, after=document)
+    return document
+
+
+# --- changing -----------------------------------------------------------------------------------
+
+
+async def locked_entry(
+    tx: Connection, *, entry_id: int, user_id: str | None, expect: frozenset[int] | None
+) -> Row:
+    """The entry, read again after locking its owner's entries.
+
+    Raises:
+        NotFound: as get_entry.  PreconditionFailed: its version is not one of `expect`.
+    """
+    row = await get_entry(tx, entry_id=entry_id, user_id=user_id)
+    await tx.lock(f"entries:{row[1]}")
+    row = await get_entry(tx, entry_id=entry_id, user_id=user_id)
+    check_version(row, expect)
+    return row
+
+
+def check_version(row: Row, expect: frozenset[int] | None) -> None:
+    """Raises PreconditionFailed unless `expect` (the versions the caller holds) is None or has
+    the entry's version."""
+    if expect is not None and row[10] not in expect:
+        raise PreconditionFailed(f"entry {row[0]} is at version {row[10]}")
+
+
+_UPDATE = (
+    "UPDATE timesheet_entry SET work_date = :work_date, project = :project, "
+    "hours_cents = :hours_cents, notes = :notes, status = 'pending', rejection_reason = NULL, "
+    "decided_by = NULL, updated_at = :now, version = version + 1 "
+    f"WHERE id = :id RETURNING {_COLUMNS}"
+)
+
+
 async def update_entry(
-    db: Database, *, entry_id: int, user_id: str, changes: dict[str, Any]
+    db: Database,
+    *,
+    entry_id: int,
+    actor: Actor,
+    changes: dict[str, Any],
+    expect: frozenset[int] | None = None,
 ) -> EntryDocument:
     """Applies `changes` to an own pending or rejected entry; a rejected one returns to pending.
 
     Raises:
-        NotFound: no such own entry.  Conflict: the entry is approved.
+        NotFound: no such own entry.  PreconditionFailed: not the expected version.
+        Conflict: the entry is approved.
         ValidationFailed: the change would exceed 24 hours on the entry's date.
     """
     async with db.transaction() as tx:
-        row = await get_entry(tx, entry_id=entry_id, user_id=user_id)
+        row = await locked_entry(tx, entry_id=entry_id, user_id=actor.user_id, expect=expect)
         if row[6] == EntryStatus.APPROVED:
             raise Conflict("an approved entry cannot be changed")
         merged = NewEntry(
-            user_id=user_id,
+            user_id=actor.user_id,
             work_date=changes.get("work_date") or dt.date.fromisoformat(_date_text(row[2])),
             project=changes.get("project") or row[3],
             hours_cents=changes.get("hours_cents") or row[4],
             notes=changes["notes"] if changes.get("notes") is not None else row[5],
         )
-        await _check_daily_caps(tx, [merged], exclude_id=entry_id)
-        updated = await tx.fetch_one(
-            "UPDATE timesheet_entry SET work_date = :work_date, project = :project, "
-            "hours_cents = :hours_cents, notes = :notes, status = 'pending', "
-            "rejection_reason = NULL, decided_by = NULL, updated_at = :now "
-            f"WHERE id = :id RETURNING {_COLUMNS}",
-            {
-                "work_date": merged.work_date,
-                "project": merged.project,
-                "hours_cents": merged.hours_cents,
-                "notes": merged.notes,
-                "now": _now(),
-                "id": entry_id,
-            },
-        )
-        assert updated is not None
-        return await _store(tx, updated)
+        await _check_daily_caps(tx, [merged], replacing=(entry_id,))
+        return await _rewrite(tx, row, merged, actor=actor, action="edited")
 
 
-async def delete_entry(db: Database, *, entry_id: int, user_id: str) -> None:
-    """Deletes an own pending or rejected entry.
+async def _rewrite(
+    tx: Connection, row: Row, entry: NewEntry, *, actor: Actor, action: str
+) -> EntryDocument:
+    now = _now()
+    updated = await tx.fetch_one(
+        _UPDATE,
+        {
+            "work_date": entry.work_date,
+            "project": entry.project,
+            "hours_cents": entry.hours_cents,
+            "notes": entry.notes,
+            "now": now,
+            "id": row[0],
+        },
+    )
+    assert updated is not None
+    document = await _store(tx, updated)
+    await audit.record_event(
+        tx, action=action, actor=actor, at=now, before=_render(row), after=document
+    )
+    return document
+
+
+async def delete_entry(
+    db: Database, *, entry_id: int, actor: Actor, expect: frozenset[int] | None = None
+) -> None:
+    """Deletes an own pending or rejected entry, leaving a tombstone for sync and the history.
 
     Raises:
-        NotFound: no such own entry.  Conflict: the entry is approved.
+        NotFound: no such own entry.  PreconditionFailed: not the expected version.
+        Conflict: the entry is approved.
     """
     async with db.transaction() as tx:
-        row = await get_entry(tx, entry_id=entry_id, user_id=user_id)
+        row = await locked_entry(tx, entry_id=entry_id, user_id=actor.user_id, expect=expect)
         if row[6] == EntryStatus.APPROVED:
             raise Conflict("an approved entry cannot be deleted")
-        await tx.fetch_all("DELETE FROM timesheet_entry WHERE id = :id", {"id": entry_id})
-
-
-async def approve_entry(db: Database, *, entry_id: int, approver: str) -> EntryDocument:
-    """Approves a pending entry; approving an approved one again changes nothing.
-
-    Raises:
-        NotFound: no such entry.  Forbidden: it is the approver's own.
-        Conflict: it is rejected (its owner must edit it first).
-    """
-    return await _decide(db, entry_id=entry_id, approver=approver, to=EntryStatus.APPROVED)
-
-
-async def reject_entry(db: Database, *, entry_id: int, approver: str, reason: str) -> EntryDocument:
-    """Rejects a pending entry with a reason (rejecting a rejected one replaces the reason).
-
-    Raises:
-        NotFound: no such entry.  Forbidden: it is the approver's own.
-        Conflict: it is approved.
-    """
-    return await _decide(
-        db, entry_id=entry_id, approver=approver, to=EntryStatus.REJECTED, reason=reason
-    )
-
-
-_ALLOWED_DECISIONS = {
-    EntryStatus.APPROVED: (EntryStatus.PENDING, EntryStatus.APPROVED),
-    EntryStatus.REJECTED: (EntryStatus.PENDING, EntryStatus.REJECTED),
-}
-
-
-async def _decide(
-    db: Database, *, entry_id: int, approver: str, to: EntryStatus, reason: str | None = None
-) -> EntryDocument:
-    async with db.transaction() as tx:
-        row = await get_entry(tx, entry_id=entry_id, user_id=None)
-        if row[1] == approver:
-            raise Forbidden("nobody may approve or reject their own entry")
-        if row[6] not in _ALLOWED_DECISIONS[to]:
-            raise Conflict(f"a {row[6]} entry cannot be {to.value}")
-        if row[6] == to == EntryStatus.APPROVED:
-            return _render(row)
-        updated = await tx.fetch_one(
-            "UPDATE timesheet_entry SET status = :status, rejection_reason = :reason, "
-            f"decided_by = :approver, updated_at = :now WHERE id = :id RETURNING {_COLUMNS}",
-            {
-                "status": to.value,
-                "reason": reason,
-                "approver": approver,
-                "now": _now(),
-                "id": entry_id,
-            },
+        now = _now()
+        deleted = await tx.fetch_one(
+            "UPDATE timesheet_entry SET deleted_at = :now, updated_at = :now, "
+            f"version = version + 1 WHERE id = :id RETURNING {_COLUMNS}",
+            {"now": now, "id": entry_id},
         )
-        assert updated is not None
-        return await _store(tx, updated)
+        assert deleted is not None
+        await _store(tx, deleted)
+        await audit.record_event(
+            tx, action="deleted", actor=actor, at=now, before=_render(row), after=None
+        )
 
 
 async def _check_daily_caps(
-    tx: Connection, entries: Iterable[NewEntry], *, exclude_id: int | None
+    tx: Connection, entries: Iterable[NewEntry], *, replacing: Iterable[int]
 ) -> None:
-    """Each user's entries on one date may add up to 24 hours at most, counting `entries`."""
+    """Each user's entries on one date may add up to 24 hours at most, counting `entries` instead
+    of the stored entries `replacing`. The caller holds the users' locks."""
     added: dict[tuple[str, dt.date], int] = {}
     for entry in entries:
         key = (entry.user_id, entry.work_date)
         added[key] = added.get(key, 0) + entry.hours_cents
-    # Sorted, so that two transactions lock the same days in the same order and cannot deadlock.
+    replaced = set(replacing)
     for (user_id, work_date), cents in sorted(added.items()):
-        await tx.lock(f"entry-day:{user_id}:{work_date.isoformat()}")
-        row = await tx.fetch_one(
-            "SELECT COALESCE(SUM(hours_cents), 0) FROM timesheet_entry "
-            "WHERE user_id = :user_id AND work_date = :work_date AND id != :exclude",
-            {"user_id": user_id, "work_date": work_date, "exclude": exclude_id or 0},
+        rows = await tx.fetch_all(
+            "SELECT id, hours_cents FROM timesheet_entry WHERE user_id = :user_id "
+            "AND work_date = :work_date AND deleted_at IS NULL",
+            {"user_id": user_id, "work_date": work_date},
         )
-        booked = int(row[0]) if row else 0
+        booked = sum(int(row[1]) for row in rows if row[0] not in replaced)
         if booked + cents > MAX_HOUR_CENTS:
             raise ValidationFailed.field(
                 "hours",
@@ -358,25 +414,112 @@ async def _check_daily_caps(
             )
 
 
-# --- cursors ------------------------------------------------------------------------------------
+# --- deciding -----------------------------------------------------------------------------------
 
 
-def encode_cursor(position: tuple[str, int]) -> str:
-    raw = f"{position[0]}|{position[1]}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+async def approve_entry(
+    db: Database, *, entry_id: int, actor: Actor, expect: frozenset[int] | None = None
+) -> EntryDocument:
+    """Approves a pending entry; approving an approved one again changes nothing.
+
+    Raises:
+        NotFound: no such entry.  Forbidden: it is the approver's own.
+        PreconditionFailed: not the expected version.
+        Conflict: it is rejected (its owner must edit it first).
+    """
+    return await _decide(db, entry_id=entry_id, actor=actor, to=EntryStatus.APPROVED, expect=expect)
 
 
-def decode_cursor(cursor: str) -> tuple[str, int]:
-    """Raises ValidationFailed (field `cursor`) for anything this service did not hand out."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        date_text, id_text = raw.split("|")
-        dt.date.fromisoformat(date_text)
-        entry_id = int(id_text)
-        if not 0 <= entry_id < 2**63:
-            raise ValueError(id_text)
-        return date_text, entry_id
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed.field(
-            "cursor", "cursor is not one this service handed out"
-        ) from None
+async def reject_entry(
+    db: Database,
+    *,
+    entry_id: int,
+    actor: Actor,
+    reason: str,
+    expect: frozenset[int] | None = None,
+) -> EntryDocument:
+    """Rejects a pending entry with a reason (rejecting a rejected one replaces the reason).
+
+    Raises:
+        NotFound: no such entry.  Forbidden: it is the approver's own.
+        PreconditionFailed: not the expected version.  Conflict: it is approved.
+    """
+    return await _decide(
+        db, entry_id=entry_id, actor=actor, to=EntryStatus.REJECTED, reason=reason, expect=expect
+    )
+
+
+async def reopen_entry(
+    db: Database,
+    *,
+    entry_id: int,
+    actor: Actor,
+    reason: str,
+    expect: frozenset[int] | None = None,
+) -> EntryDocument:
+    """Returns an approved or rejected entry to pending; the reason goes to the history.
+
+    Raises:
+        NotFound: no such entry.  Forbidden: it is the approver's own.
+        PreconditionFailed: not the expected version.  Conflict: it is pending.
+    """
+    return await _decide(
+        db, entry_id=entry_id, actor=actor, to=EntryStatus.PENDING, reason=reason, expect=expect
+    )
+
+
+_ALLOWED_DECISIONS = {
+    EntryStatus.APPROVED: (EntryStatus.PENDING, EntryStatus.APPROVED),
+    EntryStatus.REJECTED: (EntryStatus.PENDING, EntryStatus.REJECTED),
+    EntryStatus.PENDING: (EntryStatus.APPROVED, EntryStatus.REJECTED),
+}
+_ACTIONS = {
+    EntryStatus.APPROVED: "approved",
+    EntryStatus.REJECTED: "rejected",
+    EntryStatus.PENDING: "reopened",
+}
+
+
+async def _decide(
+    db: Database,
+    *,
+    entry_id: int,
+    actor: Actor,
+    to: EntryStatus,
+    expect: frozenset[int] | None,
+    reason: str | None = None,
+) -> EntryDocument:
+    async with db.transaction() as tx:
+        row = await locked_entry(tx, entry_id=entry_id, user_id=None, expect=None)
+        if row[1] == actor.user_id:
+            raise Forbidden("nobody may decide on their own entry")
+        check_version(row, expect)
+        if row[6] not in _ALLOWED_DECISIONS[to]:
+            raise Conflict(f"a {row[6]} entry cannot be {_ACTIONS[to]}")
+        if row[6] == to == EntryStatus.APPROVED:
+            return _render(row)
+        now = _now()
+        updated = await tx.fetch_one(
+            "UPDATE timesheet_entry SET status = :status, rejection_reason = :reason, "
+            "decided_by = :approver, updated_at = :now, version = version + 1 "
+            f"WHERE id = :id RETURNING {_COLUMNS}",
+            {
+                "status": to.value,
+                "reason": reason if to == EntryStatus.REJECTED else None,
+                "approver": actor.user_id if to != EntryStatus.PENDING else None,
+                "now": now,
+                "id": entry_id,
+            },
+        )
+        assert updated is not None
+        document = await _store(tx, updated)
+        await audit.record_event(
+            tx,
+            action=_ACTIONS[to],
+            actor=actor,
+            at=now,
+            before=_render(row),
+            after=document,
+            reason=reason,
+        )
+        return document

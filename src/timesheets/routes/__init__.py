@@ -1,6 +1,11 @@
 """The API's routes, grouped by URL segment."""
 
 from ..api import Operation
-from . import approvals, timesheets
+from . import approvals, reports, timesheets
 
-OPERATIONS: tuple[Operation, ...] = (*timesheets.OPERATIONS, *approvals.OPERATIONS)
+# Reports first: /timesheets/summary must not be read as /timesheets/{entry_id}.
+OPERATIONS: tuple[Operation, ...] = (
+    *reports.OPERATIONS,
+    *timesheets.OPERATIONS,
+    *approvals.OPERATIONS,
+)

@@ -4,11 +4,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import service
-from ..api import operation, path_id
+from ..api import if_match, operation, path_id
 from ..auth import Principal
-from ..http import document_response, read_payload
-from ..schemas import Approval, EntryPublic, Rejection, validate
+from ..http import read_payload
+from ..schemas import Approval, EntryPublic, Rejection, Reopening, validate
 from .paging import PAGING_QUERY, page_of, paged_response
+from .timesheets import actor, entry_response
 
 _MAX_DECISION_BYTES = 16 * 1024
 
@@ -36,7 +37,9 @@ async def list_approvals(request: Request, principal: Principal) -> Response:
     scope="approve:timesheets",
     body=(Approval,),
     response=EntryPublic,
-    errors=(403, 404, 409, 415, 422),
+    errors=(403, 404, 409, 412, 415, 422),
+    request_headers=("If-Match",),
+    response_headers=("ETag",),
 )
 async def approve_entry(request: Request, principal: Principal) -> Response:
     """Approve an entry (again: no change); not one's own, not a rejected one."""
@@ -45,9 +48,12 @@ async def approve_entry(request: Request, principal: Principal) -> Response:
     if payload is not None:
         validate(Approval, payload)
     entry = await service.approve_entry(
-        request.app.state.db, entry_id=entry_id, approver=principal.user_id
+        request.app.state.db,
+        entry_id=entry_id,
+        actor=actor(principal),
+        expect=if_match(request, entry_id),
     )
-    return document_response(entry.json)
+    return entry_response(entry)
 
 
 @operation(
@@ -56,16 +62,46 @@ async def approve_entry(request: Request, principal: Principal) -> Response:
     scope="approve:timesheets",
     body=(Rejection,),
     response=EntryPublic,
-    errors=(403, 404, 409, 415, 422),
+    errors=(403, 404, 409, 412, 415, 422),
+    request_headers=("If-Match",),
+    response_headers=("ETag",),
 )
 async def reject_entry(request: Request, principal: Principal) -> Response:
     """Reject a pending entry with a reason; its owner may then edit it."""
     entry_id = path_id(request)
     data = validate(Rejection, await read_payload(request, _MAX_DECISION_BYTES))
     entry = await service.reject_entry(
-        request.app.state.db, entry_id=entry_id, approver=principal.user_id, reason=data.reason
+        request.app.state.db,
+        entry_id=entry_id,
+        actor=actor(principal),
+        reason=data.reason,
+        expect=if_match(request, entry_id),
     )
-    return document_response(entry.json)
+    return entry_response(entry)
 
 
-OPERATIONS = (list_approvals, approve_entry, reject_entry)
+@operation(
+    "POST",
+    "/approvals/{entry_id}/reopen",
+    scope="approve:timesheets",
+    body=(Reopening,),
+    response=EntryPublic,
+    errors=(403, 404, 409, 412, 415, 422),
+    request_headers=("If-Match",),
+    response_headers=("ETag",),
+)
+async def reopen_entry(request: Request, principal: Principal) -> Response:
+    """Return an approved or rejected entry to pending, with a reason; not one's own."""
+    entry_id = path_id(request)
+    data = validate(Reopening, await read_payload(request, _MAX_DECISION_BYTES))
+    entry = await service.reopen_entry(
+        request.app.state.db,
+        entry_id=entry_id,
+        actor=actor(principal),
+        reason=data.reason,
+        expect=if_match(request, entry_id),
+    )
+    return entry_response(entry)
+
+
+OPERATIONS = (list_approvals, approve_entry, reject_entry, reopen_entry)

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..api import query_int
+from ..documents import DocumentList, Page, decode_cursor, encode_cursor
 from ..http import documents_response
-from ..service import DocumentList, Page, decode_cursor, encode_cursor
 
 PAGING_QUERY: tuple[tuple[str, str, dict[str, Any]], ...] = (
     (
@@ -19,11 +19,12 @@ PAGING_QUERY: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
-def page_of(request: Request) -> Page:
+def page_of(request: Request, *, timestamps: bool = False) -> Page:
     cap: int = request.app.state.settings.max_page_size
     limit = query_int(request, "limit", low=1, high=cap) or cap
     cursor = request.query_params.get("cursor")
-    return Page(limit=limit, after=decode_cursor(cursor) if cursor else None)
+    after = decode_cursor(cursor, timestamps=timestamps) if cursor else None
+    return Page(limit=limit, after=after)
 
 
 def paged_response(request: Request, entries: DocumentList, page: Page) -> Response:
