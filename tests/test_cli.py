@@ -135,7 +135,7 @@ def test_serve_with_valid_configuration_migrates_then_runs_the_api(
     result = run("serve", "--port", "9001", "--workers", "2")
 
     assert result.exit_code == 0, result.output
-    assert no_server == [("timesheets.app:create_app_from_env", "127.0.0.1", 9001, 2)]
+    assert no_server == [("timesheets.app:create_app_from_env", "127.0.0.1", 9001, 2, "json", None)]
     assert table_names(tmp_path / "timesheets.db") >= {"timesheet_entry"}
 
 
@@ -149,7 +149,9 @@ def test_dev_saves_issuer_state_creates_key_and_prints_how_to_get_tokens(monkeyp
     result = run("dev", "--port", "9002")
 
     assert result.exit_code == 0, result.output
-    assert no_server == [("timesheets.app:create_dev_app_from_env", "127.0.0.1", 9002, 1)]
+    assert no_server == [
+        ("timesheets.app:create_dev_app_from_env", "127.0.0.1", 9002, 1, "text", None)
+    ]
     assert "timesheets token --email ann@example.com" in result.output
     assert "http://127.0.0.1:9002/" in result.output
     state = json.loads(Path(".timesheets-dev/issuer.json").read_text())

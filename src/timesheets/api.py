@@ -77,6 +77,7 @@ async def authenticate(request: Request, scope: str | None, *also: str) -> Princ
     """
     verifier: TokenVerifier = request.app.state.verifier
     principal = await verifier.verify(bearer_token(request.headers.get("authorization")))
+    request.state.principal = principal  # for the request log
     if scope is not None and not any(principal.has_scope(name) for name in (scope, *also)):
         raise InsufficientScope(scope)
     return principal

@@ -1,7 +1,6 @@
 """The application factory: nothing is built at import, everything in create_app()."""
 
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,8 +17,9 @@ from starlette.routing import BaseRoute, Route
 from . import db as database
 from .auth import AuthError, DevIssuer, TokenVerifier
 from .config import Settings, load_settings
-from .errors import ApiError, InternalError, MethodNotAllowed, NotFound
+from .errors import ApiError, DatabaseUnavailable, InternalError, MethodNotAllowed, NotFound
 from .http import JSONResponse
+from .observability import RequestLog, Telemetry, metrics_endpoint
 from .openapi import build_openapi
 from .routes import OPERATIONS, health
 from .routes.health import PROTECTED_RESOURCE_PATH
@@ -68,7 +68,9 @@ def create_app(
         async with httpx.AsyncClient(
             timeout=timeout, follow_redirects=False, transport=jwks_transport, trust_env=False
         ) as client:
-            app.state.verifier = TokenVerifier.for_config(auth, client)
+            app.state.verifier = TokenVerifier.for_config(
+                auth, client, observer=telemetry.auth_event
+            )
             app.state.db = await database.connect(settings.database_url)
             if prefetch_keys:
                 app.state.verifier.start()
@@ -78,14 +80,18 @@ def create_app(
                 await app.state.verifier.close()
                 await app.state.db.close()
 
+    telemetry = Telemetry()
     routes: list[BaseRoute] = [op.route() for op in OPERATIONS]
     routes += health.ROUTES
+    if settings.metrics_enabled:
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     if dev_issuer is not None:
         routes += _dev_issuer_routes(dev_issuer)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(RequestLog, telemetry=telemetry),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
@@ -93,7 +99,7 @@ def create_app(
                 allow_headers=CORS_HEADERS,
                 expose_headers=EXPOSED_HEADERS,
                 max_age=600,
-            )
+            ),
         ],
         exception_handlers={
             ApiError: _render_api_error,
@@ -103,7 +109,7 @@ def create_app(
         },
     )
     app.state.settings = settings
-    app.state.auth_rejections = Counter()  # by reason, for /metrics
+    app.state.telemetry = telemetry
     app.state.openapi = build_openapi(OPERATIONS)
     return app
 
@@ -134,12 +140,14 @@ def _error_response(status: int, body: dict[str, object], headers: dict[str, str
 
 async def _render_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if isinstance(exc, DatabaseUnavailable):
+        request.app.state.telemetry.database_errors.labels("unavailable").inc()
     return _error_response(exc.status_code, exc.body(), exc.headers())
 
 
 async def _render_auth_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AuthError)
-    request.app.state.auth_rejections[exc.reason] += 1
+    request.app.state.telemetry.token_rejections.labels(exc.reason).inc()
     auth_logger.info(
         "token rejected",
         extra={

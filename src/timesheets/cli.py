@@ -1,7 +1,9 @@
 """The `timesheets` command: serve | dev | token | db upgrade."""
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -55,7 +57,9 @@ def serve(host: str, port: int, workers: int, log_format: str) -> None:
     """Run the API against a real issuer (Auth0 or any OpenID Connect provider)."""
     settings = _settings()
     _upgrade(settings)
-    _run("timesheets.app:create_app_from_env", host, port, workers, log_format)
+    _run(
+        "timesheets.app:create_app_from_env", host, port, workers, log_format, settings.metrics_port
+    )
 
 
 @main.command()
@@ -81,7 +85,14 @@ def dev(host: str, port: int, workers: int, log_format: str) -> None:
 
     DevIssuer.from_key_file(state.issuer, Path(state.key_file))  # create the key once, up front
     click.echo(_dev_banner(host, port, state, settings.database_url))
-    _run("timesheets.app:create_dev_app_from_env", host, port, workers, log_format)
+    _run(
+        "timesheets.app:create_dev_app_from_env",
+        host,
+        port,
+        workers,
+        log_format,
+        settings.metrics_port,
+    )
 
 
 def _dev_banner(host: str, port: int, state: DevState, database_url: str) -> str:
@@ -94,7 +105,31 @@ def _dev_banner(host: str, port: int, state: DevState, database_url: str) -> str
     )
 
 
-def _run(factory: str, host: str, port: int, workers: int, log_format: str) -> None:
+def _run(
+    factory: str, host: str, port: int, workers: int, log_format: str, metrics_port: int | None
+) -> None:
+    # Every worker writes its metrics here, and /metrics adds them up (prometheus_client reads
+    # the variable when it is imported: set it before any worker starts).
+    metrics_dir = tempfile.mkdtemp(prefix="timesheets-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        if metrics_port is not None:
+            _serve_metrics(metrics_port)
+        _run_uvicorn(factory, host, port, workers, log_format)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_metrics(port: int) -> None:
+    """All workers' metrics on a port of their own, on loopback only."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+
+
+def _run_uvicorn(factory: str, host: str, port: int, workers: int, log_format: str) -> None:
     uvicorn.run(
         factory,
         factory=True,

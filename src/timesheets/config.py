@@ -55,6 +55,9 @@ class Settings(DatabaseSettings):
     jwks_timeout_seconds: float = Field(3.0, gt=0, le=60)
     require_at_jwt: bool = False
     max_page_size: int = Field(1000, ge=1, le=10000)
+    metrics_enabled: bool = True  # GET /metrics on the API's own port
+    metrics_port: int | None = Field(None, ge=1, le=65535)  # and/or on a port of its own
+    rate_limit_per_minute: int = Field(6000, ge=0)  # per caller, all workers together; 0: off
     dev_issuer_key_file: str | None = None
 
     @field_validator("issuer", "audience", "algorithms", "cors_origins", mode="before")

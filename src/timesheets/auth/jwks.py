@@ -37,6 +37,7 @@ logger = logging.getLogger("timesheets.auth.jwks")
 # RFC 7518 section 6.1: which key type each JWS algorithm family needs.
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 _RETRY_AFTER_FAILURE = (5.0, 60.0)  # background retries: first delay, then doubling up to this
+_MIN_DELAY = 0.05  # the background task never spins, whatever the lifetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +75,18 @@ class JwksCache:
         policy: CachePolicy | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        observer: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.issuer = issuer
         self._client = client
         self.policy = policy or CachePolicy()
         self._clock = clock
+        self._observer = observer  # told of every fetch, e.g. for metrics
         self._jwks_uri = issuer.jwks_uri
         self._keys: dict[str | None, _Key] = {}
         self._fetched_at: float | None = None
         self._expires_at = 0.0
+        self._due_at = 0.0  # when the background refresh is due, jittered once per key set
         self._recent: deque[float] = deque()  # start times of the fetches of the last minute
         self._absent: OrderedDict[str, int] = OrderedDict()  # kid -> generation it was absent in
         self._inflight: asyncio.Future[None] | None = None
@@ -111,7 +115,7 @@ class JwksCache:
                 if self._due_in() <= 0:
                     await self._refresh()
                 failures = 0
-                delay = max(self._due_in(), 1.0)
+                delay = max(self._due_in(), _MIN_DELAY)
             except FetchError:
                 failures += 1
                 first, ceiling = _RETRY_AFTER_FAILURE
@@ -120,12 +124,11 @@ class JwksCache:
 
     def _due_in(self) -> float:
         """Seconds until the background refresh is due: before expiry, jittered so that several
-        workers do not all ask at once."""
+        workers do not all ask at once (the jitter is drawn once per key set, so that waking up
+        early never pushes the refresh past the expiry)."""
         if self._fetched_at is None:
             return 0.0
-        lifetime = self._expires_at - self._fetched_at
-        due = self._fetched_at + lifetime * random.uniform(0.75, 0.9)
-        return due - self._clock()
+        return self._due_at - self._clock()
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -148,7 +151,10 @@ class JwksCache:
         return self._clock() >= self._expires_at
 
     def _usable(self, now: float) -> bool:
-        return self._fetched_at is not None and now - self._fetched_at <= self.policy.max_stale
+        # Keys within their lifetime always serve; max_stale bounds only how long stale ones do.
+        if self._fetched_at is None:
+            return False
+        return now < self._expires_at or now - self._fetched_at <= self.policy.max_stale
 
     # --- lookups ---------------------------------------------------------------------------------
 
@@ -249,6 +255,7 @@ class JwksCache:
             keys = _parse_jwks(document)
         except FetchError as exc:
             self.last_error = str(exc)
+            self._observe("key_fetch", outcome="error")
             logger.warning(
                 "key fetch failed",
                 extra={
@@ -262,9 +269,12 @@ class JwksCache:
         now = self._clock()
         self._keys = keys
         self._fetched_at = now
-        self._expires_at = now + self._lifetime(headers)
+        lifetime = self._lifetime(headers)
+        self._expires_at = now + lifetime
+        self._due_at = now + lifetime * random.uniform(0.75, 0.9)
         self.generation += 1
         self.last_error = None
+        self._observe("key_fetch", outcome="ok")
         logger.info(
             "keys fetched",
             extra={
@@ -275,6 +285,10 @@ class JwksCache:
                 "lifetime": round(self._expires_at - now, 1),
             },
         )
+
+    def _observe(self, event: str, **fields: Any) -> None:
+        if self._observer is not None:
+            self._observer(event, {"issuer": self.issuer.issuer, **fields})
 
     async def _resolve_jwks_uri(self) -> str:
         if self._jwks_uri is not None:
@@ -304,8 +318,9 @@ def _max_age(headers: httpx.Headers) -> float | None:
         if directive in ("no-store", "no-cache"):
             return 0.0
         name, _, value = directive.partition("=")
-        if name == "max-age" and value.strip('"').isdigit():
-            return float(value.strip('"'))
+        value = value.strip('"')
+        if name == "max-age" and value.isascii() and value.isdigit():  # not '²', which is a digit
+            return float(value)
     expires = headers.get("expires")
     if expires:
         try:

@@ -15,7 +15,11 @@ def is_loopback(host: str) -> bool:
 
 def is_fetchable(url: str) -> bool:
     """https:// anywhere, http:// only on loopback (127.0.0.0/8, ::1, localhost)."""
-    parts = urlsplit(url)
-    if not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises ValueError when out of range
+    except ValueError:  # e.g. 'https://[::1/keys': not a URL at all
         return False
-    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))
+    if not host:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host))

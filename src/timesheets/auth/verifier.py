@@ -74,9 +74,19 @@ class TokenVerifier:
         self._memo: dict[str, _Verified] = {}
 
     @classmethod
-    def for_config(cls, config: AuthConfig, client: httpx.AsyncClient) -> "TokenVerifier":
-        """A verifier with one key cache per configured issuer, all fetching through `client`."""
-        caches = {entry.issuer: JwksCache(entry, client, config.keys) for entry in config.issuers}
+    def for_config(
+        cls,
+        config: AuthConfig,
+        client: httpx.AsyncClient,
+        *,
+        observer: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> "TokenVerifier":
+        """A verifier with one key cache per configured issuer, all fetching through `client`;
+        `observer` is told of every key fetch."""
+        caches = {
+            entry.issuer: JwksCache(entry, client, config.keys, observer=observer)
+            for entry in config.issuers
+        }
         return cls(config, caches)
 
     def start(self) -> None:

@@ -1,0 +1,148 @@
+"""Per-request logs with a request id, and Prometheus metrics.
+
+Metrics live in a registry of the application's own. When the command line runs several worker
+processes it sets PROMETHEUS_MULTIPROC_DIR first: every process then writes its values there, and
+/metrics (in any worker, or on the separate metrics port) adds them all up.
+"""
+
+import logging
+import os
+import re
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_logger = logging.getLogger("timesheets.access")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Telemetry:
+    """The service's metrics; the auth package reports into it through `auth_event`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "timesheets_requests",
+            "Requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "timesheets_request_duration_seconds",
+            "Time to answer a request, by route template.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.token_rejections = Counter(
+            "timesheets_token_rejections",
+            "Requests refused by the token check, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.key_fetches = Counter(
+            "timesheets_key_fetches",
+            "Fetches of issuers' signing keys, by outcome.",
+            ["issuer", "outcome"],
+            registry=self.registry,
+        )
+        self.database_errors = Counter(
+            "timesheets_database_errors",
+            "Requests answered 503 because the database failed.",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def auth_event(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "key_fetch":
+            self.key_fetches.labels(fields["issuer"], fields["outcome"]).inc()
+
+    def exposition(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    telemetry: Telemetry = request.app.state.telemetry
+    return Response(telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+class RequestLog:
+    """ASGI middleware: a request id on every response, one log line and the metrics per request.
+
+    The token is never logged; the caller is, as the user id and client id the token proved.
+    """
+
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self.app = app
+        self.telemetry = telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._record(scope, request_id, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, request_id: str, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope["method"]
+        self.telemetry.requests.labels(template, method, str(status)).inc()
+        self.telemetry.latency.labels(template, method).observe(elapsed)
+        principal = scope.get("state", {}).get("principal")
+        access_logger.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": method,
+                "route": template,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "user_id": getattr(principal, "user_id", None),
+                "client_id": getattr(principal, "client_id", None),
+            },
+        )
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is a sane token, else a new one."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
+        if name == b"x-request-id":
+            text = bytes(value).decode("latin-1")
+            if _REQUEST_ID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex

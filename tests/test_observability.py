@@ -1,0 +1,61 @@
+"""Request ids, one log line per request, and Prometheus metrics that move."""
+
+import logging
+import re
+
+from .conftest import ENTRY, bearer
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = re.compile(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", re.MULTILINE)
+    match = pattern.search(text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_request_id_is_echoed_when_sane_and_generated_otherwise(client, ann):
+    echoed = client.get("/timesheets", headers={**ann, "X-Request-ID": "req-42.a"})
+    generated = client.get("/timesheets", headers={**ann, "X-Request-ID": "bad id; x=1"})
+
+    assert echoed.headers["X-Request-ID"] == "req-42.a"
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
+
+
+def test_each_request_logs_one_line_with_route_status_and_caller_but_never_the_token(
+    client, ann, caplog
+):
+    token = ann["Authorization"].split()[1]
+    with caplog.at_level(logging.INFO, logger="timesheets"):
+        created = client.post("/timesheets", json=ENTRY, headers=ann)
+        client.get(f"/timesheets/{created.json()['id']}", headers=ann)
+        client.get("/timesheets")
+
+    lines = [r for r in caplog.records if r.name == "timesheets.access"]
+    assert [(r.method, r.route, r.status) for r in lines] == [
+        ("POST", "/timesheets", 201),
+        ("GET", "/timesheets/{entry_id}", 200),
+        ("GET", "/timesheets", 401),
+    ]
+    assert lines[0].user_id == "ann@example.com" and lines[2].user_id is None
+    assert all(r.request_id and r.duration_ms >= 0 for r in lines)
+    assert all(token not in str(vars(r)) for r in caplog.records)
+
+
+def test_metrics_count_requests_rejections_and_key_fetches(client, ann, make_token):
+    before = client.get("/metrics").text
+    client.get("/timesheets", headers=ann)
+    client.get("/timesheets", headers=bearer(make_token(lifetime=-120)))
+    after = client.get("/metrics")
+
+    assert after.status_code == 200 and after.headers["content-type"].startswith("text/plain")
+    text = after.text
+    labels = {"route": "/timesheets", "method": "GET", "status": "200"}
+    assert _metric(text, "timesheets_requests_total", **labels) == (
+        _metric(before, "timesheets_requests_total", **labels) + 1
+    )
+    assert _metric(text, "timesheets_token_rejections_total", reason="expired") == 1
+    assert "timesheets_request_duration_seconds_bucket" in text
+    assert any(
+        line.startswith("timesheets_key_fetches_total") and 'outcome="ok"' in line
+        for line in text.splitlines()
+    )
