@@ -1,0 +1,106 @@
+"""The per-caller rate limit, shared by every process through the database."""
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from timesheets import db as database
+from timesheets.errors import DatabaseUnavailable
+from timesheets.ratelimit import RateLimiter, TooManyRequests
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0  # the start of a minute
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _with_db(url: str, scenario) -> None:
+    async def main() -> None:
+        db = await database.connect(url)
+        try:
+            await scenario(db)
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
+def test_check_refuses_the_request_over_the_limit_until_the_next_minute(database_url):
+    clock = Clock()
+
+    async def scenario(db) -> None:
+        limiter = RateLimiter(db, 5, clock=clock)
+        for _ in range(5):
+            limiter.check("auth0|ann")
+        with pytest.raises(TooManyRequests) as refused:
+            limiter.check("auth0|ann")
+        limiter.check("auth0|bob")  # every caller has an allowance of their own
+        clock.now += 20.5
+        with pytest.raises(TooManyRequests) as still:
+            limiter.check("auth0|ann")
+        clock.now += 39.5
+        limiter.check("auth0|ann")
+        assert refused.value.headers() == {"Retry-After": "60"}
+        assert still.value.headers() == {"Retry-After": "40"}
+
+    _with_db(database_url, scenario)
+
+
+def test_two_processes_share_one_allowance_through_the_database(database_url):
+    clock = Clock()
+
+    async def scenario(db) -> None:
+        first, second = RateLimiter(db, 5, clock=clock), RateLimiter(db, 5, clock=clock)
+        for _ in range(3):
+            first.check("auth0|ann")
+            second.check("auth0|ann")
+        await first.sync()
+        await second.sync()  # learns 6 in all
+        with pytest.raises(TooManyRequests):
+            second.check("auth0|ann")
+        await first.sync()  # nothing new to add, but the totals come back with the next count
+        with pytest.raises(TooManyRequests):
+            second.check("auth0|ann")
+        rows = await db.fetch_all("SELECT caller, hits FROM rate_limit_window")
+        assert [tuple(row) for row in rows] == [("auth0|ann", 6)]
+
+    _with_db(database_url, scenario)
+
+
+def test_sync_keeps_counts_when_the_database_fails_and_adds_them_later(database_url):
+    clock = Clock()
+
+    async def scenario(db) -> None:
+        limiter = RateLimiter(db, 100, clock=clock)
+        for _ in range(4):
+            limiter.check("auth0|ann")
+        await db.fetch_all("ALTER TABLE rate_limit_window RENAME TO rate_limit_away")
+        with pytest.raises((DatabaseUnavailable, asyncpg.PostgresError)):
+            await limiter.sync()
+        await db.fetch_all("ALTER TABLE rate_limit_away RENAME TO rate_limit_window")
+        limiter.check("auth0|ann")
+        await limiter.sync()
+        row = await db.fetch_one("SELECT hits FROM rate_limit_window")
+        assert row is not None and row[0] == 5
+
+    _with_db(database_url, scenario)
+
+
+def test_old_minutes_are_forgotten_here_and_deleted_from_the_database(database_url):
+    clock = Clock()
+
+    async def scenario(db) -> None:
+        limiter = RateLimiter(db, 100, clock=clock)
+        limiter.check("auth0|ann")
+        await limiter.sync()
+        clock.now += 180
+        limiter.check("auth0|bob")
+        await limiter.sync()
+        rows = await db.fetch_all("SELECT caller FROM rate_limit_window")
+        assert [row[0] for row in rows] == ["auth0|bob"]
+
+    _with_db(database_url, scenario)
