@@ -1,0 +1,125 @@
+"""The benchmark's preflight, so that bench/run.py cannot rot: the service is started the way the
+benchmark starts it (`timesheets dev` on a free port in a temporary directory, one pinned process
+and the whole-box layout's 2 workers), seeded by the benchmark's own functions, and every scenario
+must answer its status and body shape. No load: wrk is not needed. The peer part needs Node and the
+peer prepared by an earlier `bench/run.py --peer`; without them only that part is skipped."""
+
+import importlib.util
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from .conftest import POSTGRES_URL
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 20.0  # seconds for the service (or the peer) to answer; the whole test takes a few
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_bench()
+
+
+def per_core_cpu() -> int | None:
+    """The per-core layout's CPU, as the benchmark pins it, where this machine has it."""
+    cpu = bench.layouts(bench.parse_args([])).get(bench.PER_CORE).server_cpu
+    if shutil.which("taskset") and cpu in os.sched_getaffinity(0):
+        return int(cpu)
+    return None
+
+
+def gone(pid: int) -> bool:
+    return bench.proc_state(pid) in (None, "Z", "X")
+
+
+@pytest.fixture
+def started() -> Iterator[list[int]]:
+    """Collects the pids of every server a test starts; afterwards none may be left running."""
+    pids: list[int] = []
+    yield pids
+    left = [pid for pid in pids if not gone(pid)]
+    assert not left, f"processes left behind: {[(pid, bench.cmdline(pid)) for pid in left]}"
+
+
+WRONG = bench.Scenario(
+    "healthz_as_entries",
+    "GET /healthz taken for a list",
+    "get.lua",
+    "/healthz",
+    "",
+    shape="entries",
+)
+
+
+def check_service(
+    started: list[int], workers: int, cpu: int | None, postgres: str | None, wrong: bool = False
+) -> None:
+    with bench.service(
+        workers=workers,
+        cpu=cpu,
+        postgres=postgres,
+        db_name=f"test_w{workers}",
+        lifetime=600,
+        start_timeout=START_TIMEOUT,
+    ) as server:
+        processes = bench.tree(server.proc.pid)
+        started.extend(processes)
+        assert len(bench.workers_of(server)) == workers
+        bench.seed(server)
+        if wrong:  # the preflight does find a scenario whose answer has another shape
+            with pytest.raises(bench.BenchError, match="GET /healthz on the service: not a bare"):
+                bench.preflight(server, [WRONG])
+        checks = bench.preflight(server)
+        memory = bench.memory(server)
+    assert set(checks) == {s.key for s in bench.SCENARIOS}
+    assert checks["get_timesheets"]["entries"] == bench.OWN_ENTRIES
+    assert checks["get_approvals"]["entries"] == bench.OWN_ENTRIES + bench.OTHER_ENTRIES
+    assert checks["post_timesheets"]["status"] == 201
+    serving = [p for p in memory if p["role"] in ("process", "worker")]
+    assert len(serving) == workers and all(p["rss_kb"] > 0 for p in serving)
+    assert server.proc.returncode is not None
+
+
+def test_preflight_passes_on_the_per_core_service_and_finds_a_wrong_shape(
+    started: list[int],
+) -> None:
+    check_service(started, workers=1, cpu=per_core_cpu(), postgres=None, wrong=True)
+
+
+def test_preflight_passes_on_the_whole_box_service_with_two_workers(started: list[int]) -> None:
+    check_service(started, workers=2, cpu=None, postgres=None)
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not POSTGRES_URL, reason="TIMESHEETS_TEST_POSTGRES_URL is not set")
+def test_preflight_passes_on_the_service_on_postgresql(started: list[int]) -> None:
+    check_service(started, workers=1, cpu=per_core_cpu(), postgres=POSTGRES_URL)
+
+
+def test_preflight_passes_on_the_node_peer(started: list[int]) -> None:
+    peer_dir = bench.prepared_peer(bench.PEER_SOURCE)
+    if peer_dir is None:
+        pytest.skip("needs Node and the peer prepared by `bench/run.py --peer` (no npm in tests)")
+    with bench.service(cpu=None, lifetime=600, start_timeout=START_TIMEOUT) as svc:
+        started.extend(bench.tree(svc.proc.pid))
+        with bench.peer(
+            peer_dir, svc, Path(svc.info["workdir"]), start_timeout=START_TIMEOUT
+        ) as node:
+            started.append(node.proc.pid)
+            bench.seed(node)
+            checks = bench.preflight(node)
+    assert "get_healthz" not in checks  # the peer has no such route
+    assert checks["get_timesheets"]["entries"] == bench.OWN_ENTRIES
+    assert checks["get_approvals"]["entries"] == bench.OWN_ENTRIES + bench.OTHER_ENTRIES
