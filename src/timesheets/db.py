@@ -11,6 +11,7 @@ another writer, in this process or another.
 """
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import re
@@ -132,13 +133,26 @@ class SqliteDatabase(_SqliteConnection):
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# The database is down, restarting, overloaded or too slow: the client may retry (503). Class 57
+# covers a server shutting down under a session (AdminShutdown on `pg_ctl stop -m fast`,
+# CrashShutdown) and a statement cancelled by its timeout; class 53 "too many connections";
+# InternalClientError a connection whose protocol state a server's goodbye left confused. A
+# connection that failed so is terminated, never handed to another request.
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.InternalClientError,
 )
+# Bounds, so that a database that does not answer costs a request seconds, not a hang: to connect,
+# to wait for a pooled connection, and for any one statement.
+CONNECT_TIMEOUT = 3.0
+ACQUIRE_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 2.0
 
 
 @functools.lru_cache(maxsize=256)
@@ -185,6 +199,12 @@ async def _keep_session(connection: Any) -> None:
     pass
 
 
+def _discard(connection: Any) -> None:
+    """Closes a connection that failed, so that the pool opens a new one instead of reusing it."""
+    with contextlib.suppress(asyncpg.InterfaceError):  # the pool may have let it go already
+        connection.terminate()
+
+
 class PostgresDatabase(_PostgresConnection):
     dialect = "postgresql"
 
@@ -194,23 +214,51 @@ class PostgresDatabase(_PostgresConnection):
         # reset: our transactions leave no session state behind (their advisory locks end with
         # them), so the default reset, a round trip on every release, would buy nothing.
         pool = await asyncpg.create_pool(
-            dsn, min_size=0, max_size=10, timeout=5.0, reset=_keep_session
+            dsn,
+            min_size=0,
+            max_size=10,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
+            reset=_keep_session,
         )
         return cls(pool)
 
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        """One statement outside any transaction, as the pool's own `fetch`, but bounded."""
+        query, names = _positional(sql)
+        connection = await self._acquire()
+        try:
+            rows: list[Row] = await connection.fetch(query, *_args(names, params))
+        except _UNAVAILABLE as exc:
+            _discard(connection)
+            raise DatabaseUnavailable() from exc
+        finally:
+            await self._connection.release(connection)
+        return rows
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresConnection]:
-        try:
-            connection = await self._connection.acquire()
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable() from exc
+        connection = await self._acquire()
         try:
             async with connection.transaction():
                 yield _PostgresConnection(connection)
+        except DatabaseUnavailable:
+            _discard(connection)
+            raise
         except _UNAVAILABLE as exc:
+            _discard(connection)
             raise DatabaseUnavailable() from exc
         finally:
             await self._connection.release(connection)
 
+    async def _acquire(self) -> Any:
+        try:
+            return await self._connection.acquire(timeout=ACQUIRE_TIMEOUT)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable() from exc
+
     async def close(self) -> None:
-        await self._connection.close()
+        try:
+            await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT)
+        except (TimeoutError, *_UNAVAILABLE):
+            self._connection.terminate()  # a connection still busy or a database gone: cut off

@@ -1,0 +1,71 @@
+"""uvicorn's httptools protocol with a cap on the request head (request line and headers).
+
+h11 refuses a head over `h11_max_incomplete_event_size`; httptools (the faster parser, used by
+default) has no cap at all and would buffer a header of any size. This protocol applies the same
+setting: a head that grows past it gets 431 and the connection is closed, before the app sees it.
+"""
+
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_TOO_LARGE = b"Request header fields too large"
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_head = self.config.h11_max_incomplete_event_size or 64 * 1024
+        self._in_head = False
+        self._head_read = 0  # bytes read while a head was incomplete
+        self._head_size = 0  # the parsed head's size
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_head and not self._refused and self.parser is not None:
+            # A head still incomplete: counted by the read, so the overshoot is one read at most.
+            self._head_read += len(data)
+            if self._head_read > self._max_head:
+                self._refuse_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_read, self._head_size = True, 0, 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head_size > self._max_head:  # a whole head in one read: stop the parser
+            self._refused = True
+            raise _HeadTooLarge()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers 400 to any error the parser raises, ours included.
+        if self._refused:
+            self._refuse_head()
+        else:
+            super().send_400_response(msg)
+
+    def _refuse_head(self) -> None:
+        self._refused, self._in_head = True, False
+        self.logger.warning("Request head over %d bytes refused.", self._max_head)
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: text/plain; charset=utf-8\r\n"
+            b"content-length: " + str(len(_TOO_LARGE)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + _TOO_LARGE
+        )
+        self.transport.close()
