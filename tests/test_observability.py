@@ -1,7 +1,13 @@
 """Request ids, one log line per request, and Prometheus metrics that move."""
 
-import logging
+import io
+import json
 import re
+
+from starlette.testclient import TestClient
+
+from timesheets.app import create_app
+from timesheets.observability import AccessLog
 
 from .conftest import ENTRY, bearer
 
@@ -21,24 +27,40 @@ def test_request_id_is_echoed_when_sane_and_generated_otherwise(client, ann):
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
 
 
-def test_each_request_logs_one_line_with_route_status_and_caller_but_never_the_token(
-    client, ann, caplog
+def test_each_request_logs_one_json_line_with_route_status_and_caller_but_never_the_token(
+    settings, ann
 ):
     token = ann["Authorization"].split()[1]
-    with caplog.at_level(logging.INFO, logger="timesheets"):
-        created = client.post("/timesheets", json=ENTRY, headers=ann)
+    stream = io.BytesIO()
+    app = create_app(settings, prefetch_keys=False, access_log=AccessLog(stream))
+    with TestClient(app) as client:
+        created = client.post("/timesheets", json=ENTRY, headers={**ann, "X-Request-ID": "r-1"})
         client.get(f"/timesheets/{created.json()['id']}", headers=ann)
         client.get("/timesheets")
+    # the lifespan's end flushes what is still buffered
 
-    lines = [r for r in caplog.records if r.name == "timesheets.access"]
-    assert [(r.method, r.route, r.status) for r in lines] == [
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["method"], line["route"], line["status"]) for line in lines] == [
         ("POST", "/timesheets", 201),
         ("GET", "/timesheets/{entry_id}", 200),
         ("GET", "/timesheets", 401),
     ]
-    assert lines[0].user_id == "ann@example.com" and lines[2].user_id is None
-    assert all(r.request_id and r.duration_ms >= 0 for r in lines)
-    assert all(token not in str(vars(r)) for r in caplog.records)
+    assert lines[0]["request_id"] == "r-1" and lines[0]["user_id"] == "ann@example.com"
+    assert lines[2]["user_id"] is None and lines[2]["client_id"] is None
+    assert all(line["duration_ms"] >= 0 and line["time"].endswith("Z") for line in lines)
+    assert token.encode() not in stream.getvalue()
+
+
+def test_access_log_writes_in_batches_and_flushes_on_close():
+    stream = io.BytesIO()
+    log = AccessLog(stream)
+    log.write({"n": 1})
+    assert stream.getvalue() == b""
+    log.flush()
+    assert stream.getvalue() == b'{"n":1}\n'
+    for n in range(5000):  # more than 64 KiB waiting: written without waiting for the timer
+        log.write({"n": n, "pad": "x" * 20})
+    assert len(stream.getvalue()) > 64 * 1024
 
 
 def test_metrics_count_requests_rejections_and_key_fetches(client, ann, make_token):

@@ -19,7 +19,7 @@ from .auth import AuthError, DevIssuer, TokenVerifier
 from .config import Settings, load_settings
 from .errors import ApiError, DatabaseUnavailable, InternalError, MethodNotAllowed, NotFound
 from .http import JSONResponse
-from .observability import RequestLog, Telemetry, metrics_endpoint
+from .observability import AccessLog, RequestLog, Telemetry, metrics_endpoint
 from .openapi import build_openapi
 from .routes import OPERATIONS, health
 from .routes.health import PROTECTED_RESOURCE_PATH
@@ -54,6 +54,7 @@ def create_app(
     dev_issuer: DevIssuer | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
     prefetch_keys: bool = True,
+    access_log: AccessLog | None = None,
 ) -> Starlette:
     """The Timesheets API for `settings`; `jwks_transport` replaces the key server's network.
 
@@ -72,15 +73,18 @@ def create_app(
                 auth, client, observer=telemetry.auth_event
             )
             app.state.db = await database.connect(settings.database_url)
+            request_log.start()
             if prefetch_keys:
                 app.state.verifier.start()
             try:
                 yield
             finally:
                 await app.state.verifier.close()
+                await request_log.close()
                 await app.state.db.close()
 
     telemetry = Telemetry()
+    request_log = access_log or AccessLog()
     routes: list[BaseRoute] = [op.route() for op in OPERATIONS]
     routes += health.ROUTES
     if settings.metrics_enabled:
@@ -91,7 +95,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(RequestLog, telemetry=telemetry),
+            Middleware(RequestLog, telemetry=telemetry, access_log=request_log),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
