@@ -1135,21 +1135,13 @@ def report(results: dict[str, Any]) -> list[str]:
     for layout in layouts.values():
         lines.append(f"  layout {layout.describe()}")
     git = meta["git"]
-    modified = (
-        f" + {len(git['dirty_paths'])} uncommitted path(s) in src/ (diff {git['src_diff_sha256'][:12]})"
-        if git["dirty_paths"]
-        else ""
-    )
-    lines.append(
-        f"service: commit {git['commit'][:12] or '?'}{modified}; peer: {meta['node'] or 'not run'}"
-    )
-    changed = [r["round"] for r in results["rounds"] if r.get("git") and r["git"] != git] + (
-        ["leak check"] if any(lc.get("git", git) != git for lc in results["leak"]) else []
-    )
-    if changed:
-        lines.append(
-            f"warning: src/ changed during the run; measured other code in round(s) {changed}"
-        )
+    lines.append(f"service: {code(git)}; peer: {meta['node'] or 'not run'}")
+    measured = [(f"round {r['round']}", r["git"]) for r in results["rounds"] if r.get("git")] + [
+        (f"leak check {lc['layout']}", lc["git"]) for lc in results["leak"] if lc.get("git")
+    ]
+    if any(state != git for _, state in measured):
+        lines.append("warning: src/ changed during the run; the code each part measured:")
+        lines += [f"  {part}: {code(state)}" for part, state in measured]
     for target in targets:
         probes = [r["keepalive"][target] for r in results["rounds"] if target in r["keepalive"]]
         slow = median([p["median_ms"] for p in probes])
@@ -1236,6 +1228,16 @@ def report(results: dict[str, Any]) -> list[str]:
     lines += [f"  {v['text']}" for v in results["verdicts"]]
     lines.append(ratio_line(results, targets))
     return lines
+
+
+def code(git: dict[str, Any]) -> str:
+    """The commit, and what was not committed yet in src/."""
+    dirty = git["dirty_paths"]
+    return f"commit {git['commit'][:12] or '?'}" + (
+        f" + {len(dirty)} uncommitted path(s) in src/ (diff {git['src_diff_sha256'][:12]})"
+        if dirty
+        else ""
+    )
 
 
 def verdict_marker() -> str:
@@ -1581,6 +1583,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "says 'possible leak' (default 4)",
     )
     parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="print the report of a saved results file (bench/results/*.json) and exit; no load",
+    )
+    parser.add_argument(
         "--scenarios",
         default=",".join(s.key for s in SCENARIOS),
         help="comma list of scenarios to run, in the fixed order (default: all)",
@@ -1680,6 +1688,15 @@ def git_state() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        try:
+            print_report(json.loads(args.report.read_text()), args.report, problems=[])
+        except (OSError, ValueError, KeyError) as exc:
+            print(
+                f"error: cannot report {args.report}: {type(exc).__name__}: {exc}", file=sys.stderr
+            )
+            return 2
+        return 0
     # SIGTERM/SIGHUP like Ctrl-C: unwind, so that every server is stopped
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
@@ -1776,15 +1793,21 @@ def main(argv: list[str] | None = None) -> int:
         for lc in results["leak"]
         for line in lc.get("server", {}).get("log_problems", [])
     ]
+    print_report(results, out, problems)
+    return status
+
+
+def print_report(results: dict[str, Any], out: Path, problems: list[str]) -> None:
+    """The report, with the log problems and the results file before the verdicts and the ratios."""
     lines = report(results)
     marker = lines.index(verdict_marker())
     print("\n".join(lines[:marker]).rstrip())
     if problems:
         print("\nserver log lines that look like trouble (first 20):")
         print("\n".join("  " + p for p in problems[:20]))
+    out = out.resolve()
     print(f"\nraw results: {out.relative_to(REPO_DIR) if out.is_relative_to(REPO_DIR) else out}")
     print("\n".join(lines[marker:]), flush=True)
-    return status
 
 
 def run_round(
