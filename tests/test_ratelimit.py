@@ -1,11 +1,14 @@
 """The per-caller rate limit, shared by every process through the database."""
 
 import asyncio
+import time
 
 import asyncpg
 import pytest
+from starlette.testclient import TestClient
 
 from timesheets import db as database
+from timesheets.app import create_app
 from timesheets.errors import DatabaseUnavailable
 from timesheets.ratelimit import RateLimiter, TooManyRequests
 
@@ -104,3 +107,39 @@ def test_old_minutes_are_forgotten_here_and_deleted_from_the_database(database_u
         assert [row[0] for row in rows] == ["auth0|bob"]
 
     _with_db(database_url, scenario)
+
+
+def _wait_for_sync(limiter: RateLimiter) -> None:
+    """Until the background task has shared this worker's counts (bounded: 2 s)."""
+    for _ in range(200):
+        if not limiter._pending:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the counts were not synced within 2 s")
+
+
+def test_requests_over_the_limit_get_429_with_retry_after(settings, ann, mia):
+    limited = settings.model_copy(update={"rate_limit_per_minute": 3})
+    with TestClient(create_app(limited, prefetch_keys=False)) as client:
+        answers = [client.get("/timesheets", headers=ann) for _ in range(4)]
+        other = client.get("/timesheets", headers=mia)
+
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    assert answers[-1].json()["error"] == "rate_limited"
+    assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
+    assert other.status_code == 200  # another caller has an allowance of their own
+
+
+def test_two_workers_on_one_database_share_the_allowance(settings, ann):
+    limited = settings.model_copy(
+        update={"rate_limit_per_minute": 3, "rate_limit_sync_seconds": 0.05}
+    )
+    with (
+        TestClient(create_app(limited, prefetch_keys=False)) as first,
+        TestClient(create_app(limited, prefetch_keys=False)) as second,
+    ):
+        assert [first.get("/timesheets", headers=ann).status_code for _ in range(2)] == [200, 200]
+        _wait_for_sync(first.app.state.rate_limiter)
+        assert second.get("/timesheets", headers=ann).status_code == 200
+        _wait_for_sync(second.app.state.rate_limiter)  # learns that 3 are used in all
+        assert second.get("/timesheets", headers=ann).status_code == 429

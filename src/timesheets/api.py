@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from .auth import InsufficientScope, Principal, TokenVerifier, bearer_token
 from .errors import InvalidIdempotencyKey, NotFound, ValidationFailed
+from .ratelimit import RateLimiter
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 # Only YYYY-MM-DD: date.fromisoformat also reads week dates (2017-W28-1) and other scripts' digits.
@@ -78,6 +79,9 @@ async def authenticate(request: Request, scope: str | None, *also: str) -> Princ
     verifier: TokenVerifier = request.app.state.verifier
     principal = await verifier.verify(bearer_token(request.headers.get("authorization")))
     request.state.principal = principal  # for the request log
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None:
+        limiter.check(principal.subject)
     if scope is not None and not any(principal.has_scope(name) for name in (scope, *also)):
         raise InsufficientScope(scope)
     return principal

@@ -21,6 +21,7 @@ from .errors import ApiError, DatabaseUnavailable, InternalError, MethodNotAllow
 from .http import JSONResponse
 from .observability import AccessLog, RequestLog, Telemetry, metrics_endpoint
 from .openapi import build_openapi
+from .ratelimit import RateLimiter
 from .routes import OPERATIONS, health
 from .routes.health import PROTECTED_RESOURCE_PATH
 
@@ -74,12 +75,22 @@ def create_app(
             )
             app.state.db = await database.connect(settings.database_url)
             request_log.start()
+            app.state.rate_limiter = None
+            if settings.rate_limit_per_minute:
+                app.state.rate_limiter = RateLimiter(
+                    app.state.db,
+                    settings.rate_limit_per_minute,
+                    sync_interval=settings.rate_limit_sync_seconds,
+                )
+                app.state.rate_limiter.start()
             if prefetch_keys:
                 app.state.verifier.start()
             try:
                 yield
             finally:
                 await app.state.verifier.close()
+                if app.state.rate_limiter is not None:
+                    await app.state.rate_limiter.close()
                 await request_log.close()
                 await app.state.db.close()
 

@@ -5,6 +5,7 @@ default) has no cap at all and would buffer a header of any size. This protocol 
 setting: a head that grows past it gets 431 and the connection is closed, before the app sees it.
 """
 
+import socket
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -24,6 +25,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_read = 0  # bytes read while a head was incomplete
         self._head_size = 0  # the parsed head's size
         self._refused = False
+
+    def connection_made(self, transport: Any) -> None:
+        # `--workers N` binds its socket with proto 0, so asyncio leaves Nagle's algorithm on
+        # (uvicorn issue 3149): every keep-alive response then waited ~40 ms for a delayed ACK.
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # the connection is already gone: nothing to tune
+                pass
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
