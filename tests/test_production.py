@@ -661,3 +661,26 @@ def test_oversized_bodies_get_413_before_they_are_read_and_huge_headers_no_500(
     # And the server is still fine.
     assert httpx.get(server.url + "/healthz", timeout=5.0, trust_env=False).status_code == 200
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.slow
+def test_slow_request_heads_and_silent_connections_are_cut_off(serve, tmp_path):
+    server = started(serve(f"sqlite:///{tmp_path / 'slow.db'}", header_timeout_seconds="0.5"))
+
+    # Slowloris: a head started but never finished gets 408 and a closed connection.
+    started_at = time.monotonic()
+    reply = _raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1\r\n")
+    assert _status(reply) == 408, reply[:300]
+    assert time.monotonic() - started_at < 3.0
+
+    # A connection that never says anything is closed as well.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5.0) as sock:
+        started_at = time.monotonic()
+        assert _status(sock.recv(1024)) == 408
+        assert time.monotonic() - started_at < 3.0
+
+    # A prompt client on a kept-alive connection is not affected by the timer.
+    with httpx.Client(base_url=server.url, trust_env=False, timeout=5.0) as http:
+        for _ in range(3):
+            assert http.get("/healthz").status_code == 200
+            time.sleep(0.3)

@@ -59,6 +59,8 @@ class Settings(DatabaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535)  # and/or on a port of its own
     rate_limit_per_minute: int = Field(6000, ge=0)  # per caller, all workers together; 0: off
     rate_limit_sync_seconds: float = Field(1.0, gt=0, le=60)  # how often workers share counts
+    # read by the HTTP protocol of every worker (server.py) from the environment; checked here
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
     shutdown_timeout_seconds: int = Field(10, ge=1, le=300)  # for requests in flight at SIGTERM
     dev_issuer_key_file: str | None = None
 

@@ -5,6 +5,8 @@ default) has no cap at all and would buffer a header of any size. This protocol 
 setting: a head that grows past it gets 431 and the connection is closed, before the app sees it.
 """
 
+import asyncio
+import os
 import socket
 from typing import Any
 
@@ -25,6 +27,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_read = 0  # bytes read while a head was incomplete
         self._head_size = 0  # the parsed head's size
         self._refused = False
+        # Slowloris: a request head that takes longer than this to arrive closes the connection.
+        self._head_timeout = float(os.environ.get("TIMESHEETS_HEADER_TIMEOUT_SECONDS", "10"))
+        self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         # `--workers N` binds its socket with proto 0, so asyncio leaves Nagle's algorithm on
@@ -36,6 +41,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             except OSError:  # the connection is already gone: nothing to tune
                 pass
         super().connection_made(transport)
+        self._arm_head_timer()  # a new connection must send its first request head in time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -48,6 +58,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_read, self._head_size = True, 0, 0
+        self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
@@ -59,6 +70,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._cancel_head_timer()
         if self._head_size > self._max_head:  # a whole head in one read: stop the parser
             self._refused = True
             raise _HeadTooLarge()
@@ -79,5 +91,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             b"content-type: text/plain; charset=utf-8\r\n"
             b"content-length: " + str(len(_TOO_LARGE)).encode() + b"\r\n"
             b"connection: close\r\n\r\n" + _TOO_LARGE
+        )
+        self.transport.close()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        self.logger.info(
+            "Request head not complete within %s s: connection closed.", self._head_timeout
+        )
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
         )
         self.transport.close()
