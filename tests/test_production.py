@@ -5,6 +5,7 @@ a cluster of the test's own, and the limits on bodies and headers."""
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -280,6 +281,39 @@ def test_two_processes_on_one_postgres_store_every_create_once_and_hold_the_dail
     ]
     for server in servers:
         assert "Traceback" not in server.log()
+
+
+@pytest.mark.postgres
+def test_retry_storm_across_two_processes_creates_one_entry_with_identical_answers(
+    serve, fresh_postgres, make_token
+):
+    servers = [serve(fresh_postgres), serve(fresh_postgres)]
+    for server in servers:
+        server.launch()
+    for server in servers:
+        server.wait_ready()
+    headers = {**employee(make_token, 0), "Idempotency-Key": "tap-2017-07-10-1"}
+    body = {"project": "Storm", "date": DAY, "hours": "7.5"}
+
+    async def run() -> list[Answer]:
+        https = [client(server.url, connections=20) for server in servers]
+        try:
+            return await asyncio.gather(
+                *(
+                    call(https[n % 2], "POST", "/timesheets", json=body, headers=headers)
+                    for n in range(40)
+                )
+            )
+        finally:
+            for http in https:
+                await http.aclose()
+
+    answers = asyncio.run(run())
+
+    assert {answer.status for answer in answers} == {201}, [a.status for a in answers]
+    assert len({json.dumps(answer.body, sort_keys=True) for answer in answers}) == 1
+    rows = asyncio.run(_query(fresh_postgres, "SELECT id FROM timesheet_entry"))
+    assert [row["id"] for row in rows] == [answers[0].body["id"]]
 
 
 # --- 2. several workers on SQLite ---------------------------------------------------------------
