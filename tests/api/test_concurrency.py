@@ -2,17 +2,15 @@
 No row is lost or duplicated, and the 24 hour cap holds under a race."""
 
 import asyncio
-import socket
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from timesheets.app import create_app
 
 from ..conftest import ENTRY, bearer
+from .servers import serve_in_thread
 
 USERS = ("ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com")
 REQUESTS = 100
@@ -21,32 +19,8 @@ REQUESTS = 100
 @pytest.fixture
 def base_url(settings) -> Iterator[str]:
     """The app served by uvicorn in a background thread on a free loopback port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings),
-        loop="asyncio",
-        http="h11",
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):
-            if server.started or not thread.is_alive():
-                break
-            threading.Event().wait(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
 
 
 async def _post_all(
