@@ -5,7 +5,7 @@ and refuses bad configuration with a sentence that names the variable.
 """
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
@@ -61,6 +61,7 @@ class Settings(DatabaseSettings):
     rate_limit_sync_seconds: float = Field(1.0, gt=0, le=60)  # how often workers share counts
     # read by the HTTP protocol of every worker (server.py) from the environment; checked here
     header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     shutdown_timeout_seconds: int = Field(10, ge=1, le=300)  # for requests in flight at SIGTERM
     dev_issuer_key_file: str | None = None
 
