@@ -718,3 +718,33 @@ def test_slow_request_heads_and_silent_connections_are_cut_off(serve, tmp_path):
         for _ in range(3):
             assert http.get("/healthz").status_code == 200
             time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_rate_limit_counts_across_two_serve_processes(serve, tmp_path, make_token):
+    database = f"sqlite:///{tmp_path / 'limit.db'}"
+    limit = "rate_limit_per_minute"
+    first = started(serve(database, **{limit: "20", "rate_limit_sync_seconds": "0.2"}))
+    second = started(serve(database, **{limit: "20", "rate_limit_sync_seconds": "0.2"}))
+    headers = employee(make_token, 0)
+
+    statuses = []
+    to_next_minute = 60 - time.time() % 60
+    if to_next_minute < 10:  # the allowance is per minute: keep the whole run inside one
+        time.sleep(to_next_minute + 0.5)
+    with (
+        httpx.Client(base_url=first.url, trust_env=False, timeout=5.0) as a,
+        httpx.Client(base_url=second.url, trust_env=False, timeout=5.0) as b,
+    ):
+        for n in range(60):  # alternately, 20 a second: each process alone would allow 20
+            answer = (a if n % 2 == 0 else b).get("/timesheets", headers=headers)
+            statuses.append(answer.status_code)
+            if answer.status_code == 429:
+                assert 1 <= int(answer.headers["Retry-After"]) <= 60
+            time.sleep(0.05)
+
+    accepted = statuses.count(200)
+    assert set(statuses) <= {200, 429}
+    # Shared: about 20 in all (a sync interval's worth of slack); per process it would be 40.
+    assert 20 <= accepted <= 26, statuses
+    assert 429 in statuses[::2] and 429 in statuses[1::2]  # both processes refuse
