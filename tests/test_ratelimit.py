@@ -109,6 +109,13 @@ def test_old_minutes_are_forgotten_here_and_deleted_from_the_database(database_u
     _with_db(database_url, scenario)
 
 
+def _inside_one_minute(seconds: float = 5.0) -> None:
+    """The allowance is per minute: waits (10 s at most) so that the next `seconds` stay in one."""
+    to_next_minute = 60 - time.time() % 60
+    if to_next_minute < seconds:
+        time.sleep(to_next_minute + 0.2)
+
+
 def _wait_for_sync(limiter: RateLimiter) -> None:
     """Until the background task has shared this worker's counts (bounded: 2 s)."""
     for _ in range(200):
@@ -120,6 +127,7 @@ def _wait_for_sync(limiter: RateLimiter) -> None:
 
 def test_requests_over_the_limit_get_429_with_retry_after(settings, ann, mia):
     limited = settings.model_copy(update={"rate_limit_per_minute": 3})
+    _inside_one_minute()
     with TestClient(create_app(limited, prefetch_keys=False)) as client:
         answers = [client.get("/timesheets", headers=ann) for _ in range(4)]
         other = client.get("/timesheets", headers=mia)
@@ -134,6 +142,7 @@ def test_two_workers_on_one_database_share_the_allowance(settings, ann):
     limited = settings.model_copy(
         update={"rate_limit_per_minute": 3, "rate_limit_sync_seconds": 0.05}
     )
+    _inside_one_minute()
     with (
         TestClient(create_app(limited, prefetch_keys=False)) as first,
         TestClient(create_app(limited, prefetch_keys=False)) as second,
