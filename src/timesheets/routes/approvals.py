@@ -1,5 +1,7 @@
 """/approvals: managers decide on other users' pending entries."""
 
+from collections.abc import Awaitable, Callable
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -68,16 +70,7 @@ async def approve_entry(request: Request, principal: Principal) -> Response:
 )
 async def reject_entry(request: Request, principal: Principal) -> Response:
     """Reject a pending entry with a reason; its owner may then edit it."""
-    entry_id = path_id(request)
-    data = validate(Rejection, await read_payload(request, _MAX_DECISION_BYTES))
-    entry = await service.reject_entry(
-        request.app.state.db,
-        entry_id=entry_id,
-        actor=actor(principal),
-        reason=data.reason,
-        expect=if_match(request, entry_id),
-    )
-    return entry_response(entry)
+    return await _decide_with_reason(request, principal, Rejection, service.reject_entry)
 
 
 @operation(
@@ -92,9 +85,18 @@ async def reject_entry(request: Request, principal: Principal) -> Response:
 )
 async def reopen_entry(request: Request, principal: Principal) -> Response:
     """Return an approved or rejected entry to pending, with a reason; not one's own."""
+    return await _decide_with_reason(request, principal, Reopening, service.reopen_entry)
+
+
+async def _decide_with_reason(
+    request: Request,
+    principal: Principal,
+    body: type[Rejection] | type[Reopening],
+    decide: Callable[..., Awaitable[service.EntryDocument]],
+) -> Response:
     entry_id = path_id(request)
-    data = validate(Reopening, await read_payload(request, _MAX_DECISION_BYTES))
-    entry = await service.reopen_entry(
+    data = validate(body, await read_payload(request, _MAX_DECISION_BYTES))
+    entry = await decide(
         request.app.state.db,
         entry_id=entry_id,
         actor=actor(principal),
