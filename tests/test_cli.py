@@ -2,12 +2,9 @@
 run of `timesheets dev` as a newcomer would start it (a real process on a free loopback port)."""
 
 import json
-import os
-import socket
 import sqlite3
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,11 +21,11 @@ from timesheets.auth import DevIssuer
 from timesheets.devstate import DevState
 
 from .conftest import EMAIL_CLAIM, EMPLOYEE, ENTRY
+from .processes import TIMESHEETS, ServerProcess, clean_env, free_port
 
 AUDIENCE = "https://api.exampleco.com/timesheets"
 DEFAULT_ISSUER = "http://127.0.0.1:8080/dev/"
 KEY_FILE = Path(".timesheets-dev/signing-key.pem")
-TIMESHEETS = Path(sys.executable).parent / "timesheets"  # the venv's console script
 
 
 def run(*args: str) -> Result:
@@ -318,64 +315,20 @@ def test_db_upgrade_with_unreachable_database_exits_with_sentence(monkeypatch, s
 # --- end to end: `timesheets dev` as a real process ---------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def newcomer_env() -> dict[str, str]:
     """The developer's environment without any TIMESHEETS_*/AUTH0_* setting."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIMESHEETS_", "AUTH0_"))}
-    env["PYTHONUNBUFFERED"] = "1"  # so that the log explains a failure
-    return env
+    return clean_env()
 
 
-class DevServer:
+class DevServer(ServerProcess):
     """`timesheets dev --port PORT` in `cwd`, as a child process; output goes to a log file."""
 
     def __init__(self, cwd: Path, port: int) -> None:
-        self.cwd, self.port = cwd, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = cwd / f"dev-server-{port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(["dev"], cwd, newcomer_env(), port)
 
     def start(self, timeout: float = 30.0) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(TIMESHEETS), "dev", "--port", str(self.port)],
-                cwd=self.cwd,
-                env=newcomer_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"timesheets dev exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0, trust_env=False).is_success:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"timesheets dev did not answer /healthz within {timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        self.launch()
+        self.wait_ready(timeout)
 
 
 @pytest.fixture

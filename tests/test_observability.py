@@ -81,3 +81,8 @@ def test_metrics_count_requests_rejections_and_key_fetches(client, ann, make_tok
         line.startswith("timesheets_key_fetches_total") and 'outcome="ok"' in line
         for line in text.splitlines()
     )
+
+
+def test_metrics_can_be_switched_off(settings):
+    with TestClient(create_app(settings.model_copy(update={"metrics_enabled": False}))) as client:
+        assert client.get("/metrics").status_code == 404

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,18 +26,11 @@ import pytest
 
 from .conftest import AUDIENCE, POSTGRES_URL, bearer
 from .keyserver import KeyServer
+from .processes import TIMESHEETS, ServerProcess, clean_env, free_port
 
-TIMESHEETS = Path(sys.executable).parent / "timesheets"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def refuses_connections(port: int) -> bool:
@@ -52,61 +44,11 @@ def refuses_connections(port: int) -> bool:
 # --- server processes ---------------------------------------------------------------------------
 
 
-class Serve:
+class Serve(ServerProcess):
     """`timesheets serve` as a child process on a free loopback port; output in a log file."""
 
     def __init__(self, cwd: Path, env: dict[str, str], workers: int = 1) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cwd, self.env, self.workers = cwd, env, workers
-        self.log_path = cwd / f"serve-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def launch(self) -> None:
-        args = [str(TIMESHEETS), "serve", "--port", str(self.port), "--workers", str(self.workers)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                args,
-                cwd=self.cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"timesheets serve exited with {self.process.returncode}:\n{self.log()}"
-                )
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0, trust_env=False).is_success:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"timesheets serve did not answer /healthz within {timeout}s:\n{self.log()}")
-
-    def terminate(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-    def log(self) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-6000:]
+        super().__init__(["serve", "--workers", str(workers)], cwd, env, free_port())
 
 
 @pytest.fixture
@@ -117,10 +59,7 @@ def serve(tmp_path: Path, key_server: KeyServer) -> Iterator[Callable[..., Serve
     servers: list[Serve] = []
 
     def make(database_url: str, *, workers: int = 1, **settings: str) -> Serve:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIMESHEETS_", "AUTH0_"))}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        env.update(
-            PYTHONUNBUFFERED="1",
+        env = clean_env(
             TIMESHEETS_ISSUER=key_server.base_url,
             TIMESHEETS_AUDIENCE=AUDIENCE,
             TIMESHEETS_JWKS_URI=key_server.base_url + ".well-known/jwks.json",
@@ -748,3 +687,25 @@ def test_rate_limit_counts_across_two_serve_processes(serve, tmp_path, make_toke
     # Shared: about 20 in all (a sync interval's worth of slack); per process it would be 40.
     assert 20 <= accepted <= 26, statuses
     assert 429 in statuses[::2] and 429 in statuses[1::2]  # both processes refuse
+
+
+def test_metrics_port_sums_the_requests_of_every_worker(serve, tmp_path, make_token):
+    metrics_port = free_port()
+    server = started(
+        serve(f"sqlite:///{tmp_path / 'metrics.db'}", workers=2, metrics_port=str(metrics_port))
+    )
+    headers = employee(make_token, 0)
+    for _ in range(20):  # a connection each, so that both workers take some
+        assert httpx.get(server.url + "/timesheets", headers=headers, trust_env=False).is_success
+
+    scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", trust_env=False, timeout=5.0)
+
+    assert scraped.status_code == 200
+    line = next(
+        line
+        for line in scraped.text.splitlines()
+        if line.startswith("timesheets_requests_total{")
+        and 'route="/timesheets"' in line
+        and 'status="200"' in line
+    )
+    assert float(line.rsplit(" ", 1)[1]) == 20

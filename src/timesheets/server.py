@@ -12,7 +12,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .config import Settings
+
 _TOO_LARGE = b"Request header fields too large"
+# Each worker reads the setting from the environment (Settings has checked it at start).
+_DEFAULT_HEAD_TIMEOUT = Settings.model_fields["header_timeout_seconds"].default
 
 
 class _HeadTooLarge(Exception):
@@ -28,7 +32,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0  # the parsed head's size
         self._refused = False
         # Slowloris: a request head that takes longer than this to arrive closes the connection.
-        self._head_timeout = float(os.environ.get("TIMESHEETS_HEADER_TIMEOUT_SECONDS", "10"))
+        self._head_timeout = float(
+            os.environ.get("TIMESHEETS_HEADER_TIMEOUT_SECONDS", _DEFAULT_HEAD_TIMEOUT)
+        )
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:

@@ -78,12 +78,6 @@ class DevIssuer:
             "subject_types_supported": ["public"],
         }
 
-    def rotate(self) -> SigningKey:
-        """Adds a new signing key (the newest signs by default); old keys stay published."""
-        key = SigningKey.generate()
-        self.keys.append(key)
-        return key
-
     def mint(
         self,
         *,
