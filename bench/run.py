@@ -520,6 +520,7 @@ def service(
     db_name: str = "",
     lifetime: int = 3600,
     start_timeout: float = START_TIMEOUT,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """`timesheets dev --port <free port> [--workers N]` in a new temporary working directory (a new
     development signing key, a new SQLite file, or with `postgres` a new database on that server),
@@ -539,6 +540,7 @@ def service(
             TIMESHEETS_RATE_LIMIT_PER_MINUTE=str(10**9),
             PYTHONUNBUFFERED="1",
         )
+        env.update(extra_env or {})
         port = free_port()
         argv = [*timesheets_command(), "dev", "--port", str(port)]
         if workers != 1:
@@ -1599,7 +1601,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(s.key for s in SCENARIOS),
         help="comma list of scenarios to run, in the fixed order (default: all)",
     )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the service's processes, e.g. TIMESHEETS_EVENT_LOOP=uvloop (repeatable)",
+    )
     args = parser.parse_args(argv)
+    pairs = [item.partition("=") for item in args.service_env]
+    if any(not name or not sep for name, sep, _ in pairs):
+        parser.error("--service-env takes NAME=VALUE")
+    args.service_env = {name: value for name, _, value in pairs}
     if (
         args.duration < 1
         or args.warmup < 0
@@ -1835,6 +1848,7 @@ def run_round(
                     postgres=args.postgres,
                     db_name=f"r{round_no}_pc",
                     lifetime=lifetime,
+                    extra_env=args.service_env,
                 )
             )
         if BOX in targets:
@@ -1848,6 +1862,7 @@ def run_round(
                     postgres=args.postgres,
                     db_name=f"r{round_no}_wb",
                     lifetime=lifetime,
+                    extra_env=args.service_env,
                 )
             )
         if peer_dir is not None:
@@ -1907,6 +1922,7 @@ def leak_check(
         postgres=args.postgres,
         db_name=f"leak_{layout.key}",
         lifetime=lifetime,
+        extra_env=args.service_env,
     ) as server:
         record["server"] = server.info
         seed(server)

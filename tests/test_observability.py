@@ -4,6 +4,7 @@ import io
 import json
 import re
 
+import pytest
 from starlette.testclient import TestClient
 
 from timesheets.app import create_app
@@ -86,3 +87,45 @@ def test_metrics_count_requests_rejections_and_key_fetches(client, ann, make_tok
 def test_metrics_can_be_switched_off(settings):
     with TestClient(create_app(settings.model_copy(update={"metrics_enabled": False}))) as client:
         assert client.get("/metrics").status_code == 404
+
+
+def test_latency_histogram_agrees_with_the_requests_made(client, ann):
+    def series(text: str) -> tuple[float, float, float]:
+        labels = {"route": "/healthz", "method": "GET"}
+        return (
+            _metric(text, "timesheets_request_duration_seconds_count", **labels),
+            _metric(text, "timesheets_request_duration_seconds_bucket", **labels, le="+Inf"),
+            _metric(text, "timesheets_request_duration_seconds_bucket", **labels, le="5.0"),
+        )
+
+    before = series(client.get("/metrics").text)
+    for _ in range(7):
+        client.get("/healthz")
+    after = series(client.get("/metrics").text)
+
+    assert [a - b for a, b in zip(after, before, strict=True)] == [7, 7, 7]
+
+
+def test_request_stats_put_each_duration_in_the_first_bucket_that_holds_it():
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from timesheets.observability import RequestStats
+
+    registry = CollectorRegistry()
+    requests = Counter("r", "r", ["route", "method", "status"], registry=registry)
+    latency = Histogram("l", "l", ["route", "method"], buckets=(0.1, 1.0), registry=registry)
+    stats = RequestStats(requests, latency, buckets=(0.1, 1.0))
+    for seconds in (0.05, 0.1, 0.5, 1.0, 3.0):
+        stats.record("/x", "GET", 200, seconds)
+    stats.flush()
+
+    samples = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+    }
+    assert samples[("l_bucket", "0.1")] == 2
+    assert samples[("l_bucket", "1.0")] == 4
+    assert samples[("l_bucket", "+Inf")] == 5
+    assert samples[("l_sum", None)] == pytest.approx(4.65)
+    assert samples[("r_total", None)] == 5

@@ -74,7 +74,7 @@ def create_app(
                 auth, client, observer=telemetry.auth_event
             )
             app.state.db = await database.connect(settings.database_url)
-            request_log.start()
+            request_log.start(telemetry.answered.flush)
             app.state.rate_limiter = None
             if settings.rate_limit_per_minute:
                 app.state.rate_limiter = RateLimiter(

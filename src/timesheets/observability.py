@@ -6,11 +6,13 @@ processes it sets PROMETHEUS_MULTIPROC_DIR first: every process then writes its 
 """
 
 import asyncio
+import bisect
+import itertools
 import os
 import re
 import sys
 import time
-import uuid
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import orjson
@@ -67,16 +69,69 @@ class Telemetry:
             registry=self.registry,
         )
 
+        self.answered = RequestStats(self.requests, self.latency)
+
     def auth_event(self, event: str, fields: dict[str, Any]) -> None:
         if event == "key_fetch":
             self.key_fetches.labels(fields["issuer"], fields["outcome"]).inc()
 
     def exposition(self) -> bytes:
+        self.answered.flush()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class RequestStats:
+    """The per-request metrics, counted in plain dicts and added to Prometheus's in batches.
+
+    A Prometheus value takes a lock (and, with several workers, writes a shared file) on every
+    update: three updates a request cost more than the rest of the request log together
+    (bench/README.md). `flush` adds up what was counted since the last one; /metrics flushes
+    first, and the access log's timer flushes every `AccessLog.flush_interval`.
+    """
+
+    def __init__(
+        self, requests: Counter, latency: Histogram, buckets: tuple[float, ...] = _LATENCY_BUCKETS
+    ) -> None:
+        self._requests = requests
+        self._latency = latency
+        self._bounds = buckets  # the histogram's upper bounds, without +Inf
+        self._counts: dict[tuple[str, str, int], int] = {}
+        # per (route, method): a count per bucket (the last for +Inf), then the sum
+        self._latencies: dict[tuple[str, str], list[float]] = {}
+
+    def record(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        buckets = self._latencies.get((route, method))
+        if buckets is None:
+            buckets = self._latencies[route, method] = [0.0] * (len(self._bounds) + 2)
+        buckets[bisect.bisect_left(self._bounds, seconds)] += 1
+        buckets[-1] += seconds
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        latencies, self._latencies = self._latencies, {}
+        for (route, method, status), count in counts.items():
+            self._requests.labels(route, method, str(status)).inc(count)
+        for (route, method), buckets in latencies.items():
+            _observe_many(self._latency.labels(route, method), buckets)
+
+
+def _observe_many(child: Any, buckets: list[float]) -> None:
+    """Adds counted observations to a Histogram's series at once.
+
+    prometheus_client (0.2x) has no public call for that: its series keeps one value per bucket
+    (`_buckets`, not cumulative) and one for the sum (`_sum`). tests/test_observability.py checks
+    that the exposed histogram agrees with the requests made.
+    """
+    for index, count in enumerate(buckets[:-1]):
+        if count:
+            child._buckets[index].inc(count)
+    child._sum.inc(buckets[-1])
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -114,9 +169,10 @@ class AccessLog:
         stream.flush()
         self._lines, self._size = [], 0
 
-    def start(self) -> None:
+    def start(self, *also: Callable[[], None]) -> None:
+        """Flush every `flush_interval` seconds, and call each of `also` then too."""
         if self._task is None:
-            self._task = asyncio.ensure_future(self._keep_flushing())
+            self._task = asyncio.ensure_future(self._keep_flushing(also))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -125,10 +181,12 @@ class AccessLog:
             self._task = None
         self.flush()
 
-    async def _keep_flushing(self) -> None:
+    async def _keep_flushing(self, also: tuple[Callable[[], None], ...]) -> None:
         while True:
             await asyncio.sleep(self._flush_interval)
             self.flush()
+            for flush in also:
+                flush()
 
 
 class RequestLog:
@@ -141,14 +199,17 @@ class RequestLog:
         self.app = app
         self.telemetry = telemetry
         self.access_log = access_log
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # Generated request ids are unique, not secret: a random prefix per application (each
+        # worker builds its own) and a counter cost a fraction of a uuid4 a request.
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
+        request_id = _request_id(scope) or self._new_id()
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -165,13 +226,14 @@ class RequestLog:
         finally:
             self._record(scope, request_id, status, time.perf_counter() - started)
 
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFFFFFF:016x}"
+
     def _record(self, scope: Scope, request_id: str, status: int, elapsed: float) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope["method"]
-        count, latency = self._metrics(template, method, status)
-        count.inc()
-        latency.observe(elapsed)
+        self.telemetry.answered.record(template, method, status, elapsed)
         principal = scope.get("state", {}).get("principal")
         self.access_log.write(
             {
@@ -188,26 +250,20 @@ class RequestLog:
             }
         )
 
-    def _metrics(self, template: str, method: str, status: int) -> tuple[Any, Any]:
-        # Labelled series are looked up once: labels() takes a lock and builds a key each time.
-        key = (template, method, status)
-        series = self._series.get(key)
-        if series is None:
-            series = (
-                self.telemetry.requests.labels(template, method, str(status)),
-                self.telemetry.latency.labels(template, method),
-            )
-            self._series[key] = series
-        return series
+
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
 
 
 def _now() -> str:
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    second = int(now)
+    if second != _second[0]:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int(now % 1 * 1000):03d}Z"
 
 
-def _request_id(scope: Scope) -> str:
-    """The client's X-Request-ID when it is a sane token, else a new one."""
+def _request_id(scope: Scope) -> str | None:
+    """The client's X-Request-ID when it is a sane token."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     for name, value in headers:
         if name == b"x-request-id":
@@ -215,4 +271,4 @@ def _request_id(scope: Scope) -> str:
             if _REQUEST_ID.fullmatch(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return None

@@ -142,7 +142,7 @@ async def list_entries(db: Database, *, where: EntryFilter, page: Page) -> Docum
         clauses.append("(work_date > :after_date OR (work_date = :after_date AND id > :after_id))")
         params["after_date"] = dt.date.fromisoformat(page.after[0])
         params["after_id"] = page.after[1]
-    sql = "SELECT id, CAST(work_date AS TEXT), body FROM timesheet_entry WHERE "
+    sql = "SELECT body FROM timesheet_entry WHERE "
     sql += " AND ".join(clauses) + " ORDER BY work_date, id LIMIT :limit"
     params["limit"] = page.limit + 1
     return DocumentList(await db.fetch_all(sql, params))
