@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .auth import InsufficientScope, Principal, TokenVerifier, bearer_token
 from .errors import InvalidIdempotencyKey, NotFound, ValidationFailed
@@ -53,12 +54,23 @@ class Operation:
         return (self.handler.__doc__ or "").strip().splitlines()[0]
 
     def route(self) -> Route:
-        async def endpoint(request: Request) -> Response:
-            principal = await authenticate(request, self.scope, *self.also)
-            return await self.handler(request, principal)
+        return Route(self.path, _Endpoint(self), methods=[self.method], name=self.name)
 
-        endpoint.__name__ = self.name
-        return Route(self.path, endpoint, methods=[self.method])
+
+class _Endpoint:
+    """An operation as a plain ASGI app. Starlette would wrap a function endpoint in one more
+    layer that catches errors; the application's ExceptionMiddleware, one level up, already
+    renders them with the same handlers."""
+
+    def __init__(self, operation: Operation) -> None:
+        self.operation = operation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        operation = self.operation
+        request = Request(scope, receive, send)
+        principal = await authenticate(request, operation.scope, *operation.also)
+        response = await operation.handler(request, principal)
+        await response(scope, receive, send)
 
 
 def operation(

@@ -24,12 +24,18 @@ class _HeadTooLarge(Exception):
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """The head's size is bounded by the bytes read since the message began, so a head that came
+    in one read costs two additions, and only a large read makes it count the parsed headers.
+    The slow-head timer runs only while a head is incomplete after a read (and on a new
+    connection, until its first byte): the usual request, whole in one read, never arms it."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_head = self.config.h11_max_incomplete_event_size or 64 * 1024
         self._in_head = False
-        self._head_read = 0  # bytes read while a head was incomplete
-        self._head_size = 0  # the parsed head's size
+        self._fed = 0  # bytes handed to the parser on this connection
+        self._chunk_start = 0  # _fed before the read being parsed
+        self._message_start = 0  # _chunk_start of the read in which the current message began
         self._refused = False
         # Slowloris: a request head that takes longer than this to arrive closes the connection.
         self._head_timeout = float(
@@ -54,33 +60,30 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._chunk_start = self._fed
+        self._fed += len(data)
         super().data_received(data)
         if self._in_head and not self._refused and self.parser is not None:
             # A head still incomplete: counted by the read, so the overshoot is one read at most.
-            self._head_read += len(data)
-            if self._head_read > self._max_head:
+            if self._fed - self._message_start > self._max_head:
                 self._refuse_head()
+            elif self._head_timer is None:
+                self._arm_head_timer()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_read, self._head_size = True, 0, 0
-        self._arm_head_timer()
-
-    def on_url(self, url: bytes) -> None:
-        self._head_size += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        super().on_header(name, value)
+        self._in_head, self._message_start = True, self._chunk_start
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
-        if self._head_size > self._max_head:  # a whole head in one read: stop the parser
-            self._refused = True
+        if self._fed - self._message_start > self._max_head and self._head_size() > self._max_head:
+            self._refused = True  # a whole head in one read: stop the parser
             raise _HeadTooLarge()
         super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers 400 to any error the parser raises, ours included.
