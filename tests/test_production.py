@@ -724,14 +724,19 @@ def test_metrics_port_sums_the_requests_of_every_worker(serve, tmp_path, make_to
     for _ in range(20):  # a connection each, so that both workers take some
         assert httpx.get(server.url + "/timesheets", headers=headers, trust_env=False).is_success
 
-    scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", trust_env=False, timeout=5.0)
+    def counted() -> float:
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", trust_env=False, timeout=5)
+        assert scraped.status_code == 200
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in scraped.text.splitlines()
+            if line.startswith("timesheets_requests_total{")
+            and 'route="/timesheets"' in line
+            and 'status="200"' in line
+        )
 
-    assert scraped.status_code == 200
-    line = next(
-        line
-        for line in scraped.text.splitlines()
-        if line.startswith("timesheets_requests_total{")
-        and 'route="/timesheets"' in line
-        and 'status="200"' in line
-    )
-    assert float(line.rsplit(" ", 1)[1]) == 20
+    # Workers add their counts to the shared files every 0.2 s (the access log's flush).
+    deadline = time.monotonic() + 3.0
+    while counted() < 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert counted() == 20

@@ -153,6 +153,7 @@ CONNECT_TIMEOUT = 3.0
 ACQUIRE_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
+POOL_SIZE = 10
 
 
 @functools.lru_cache(maxsize=256)
@@ -206,7 +207,19 @@ def _discard(connection: Any) -> None:
 
 
 class PostgresDatabase(_PostgresConnection):
+    """A pool of connections, handed out in the order requests asked for them.
+
+    asyncpg's pool lets a newcomer take a connection that was just released to a request already
+    waiting, which then queues again at the back: under load some requests waited hundreds of
+    milliseconds (bench/README.md). A semaphore as wide as the pool keeps the line instead (first
+    come, first served), and bounds the wait; the pool itself then never makes anyone wait.
+    """
+
     dialect = "postgresql"
+
+    def __init__(self, pool: Any) -> None:
+        super().__init__(pool)
+        self._turns = asyncio.Semaphore(POOL_SIZE)
 
     @classmethod
     async def open(cls, dsn: str) -> "PostgresDatabase":
@@ -216,7 +229,7 @@ class PostgresDatabase(_PostgresConnection):
         pool = await asyncpg.create_pool(
             dsn,
             min_size=0,
-            max_size=10,
+            max_size=POOL_SIZE,
             timeout=CONNECT_TIMEOUT,
             command_timeout=COMMAND_TIMEOUT,
             reset=_keep_session,
@@ -233,7 +246,7 @@ class PostgresDatabase(_PostgresConnection):
             _discard(connection)
             raise DatabaseUnavailable() from exc
         finally:
-            await self._connection.release(connection)
+            await self._release(connection)
         return rows
 
     @asynccontextmanager
@@ -249,13 +262,30 @@ class PostgresDatabase(_PostgresConnection):
             _discard(connection)
             raise DatabaseUnavailable() from exc
         finally:
-            await self._connection.release(connection)
+            await self._release(connection)
 
     async def _acquire(self) -> Any:
+        if self._turns.locked():  # every connection is busy: wait in line, but not for ever
+            try:
+                async with asyncio.timeout(ACQUIRE_TIMEOUT):
+                    await self._turns.acquire()
+            except TimeoutError:
+                raise DatabaseUnavailable() from None
+        else:
+            await self._turns.acquire()  # free: returns at once
         try:
-            return await self._connection.acquire(timeout=ACQUIRE_TIMEOUT)
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable() from exc
+            return await self._connection.acquire()  # a connection is free, or opens (bounded)
+        except BaseException as exc:
+            self._turns.release()
+            if isinstance(exc, _UNAVAILABLE):
+                raise DatabaseUnavailable() from exc
+            raise
+
+    async def _release(self, connection: Any) -> None:
+        try:
+            await self._connection.release(connection)
+        finally:
+            self._turns.release()
 
     async def close(self) -> None:
         try:
