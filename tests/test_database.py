@@ -1,0 +1,39 @@
+"""The database layer's own promises, beyond what the API tests see."""
+
+import asyncio
+
+from timesheets import db
+
+
+def test_postgres_connections_go_to_waiting_requests_first_come_first_served(postgres_database):
+    async def scenario() -> list[str]:
+        database = await db.connect(postgres_database)
+        served: list[str] = []
+        try:
+            held = [await database._acquire() for _ in range(db.POOL_SIZE)]
+
+            async def ask(name: str) -> None:
+                connection = await database._acquire()
+                served.append(name)
+                await database._release(connection)
+
+            waiting = []
+            for name in ("first", "second", "third"):
+                waiting.append(asyncio.ensure_future(ask(name)))
+                await asyncio.sleep(0.01)  # queued in this order
+            for connection in held[:-1]:
+                # A newcomer that asks while a connection is being given back must not take it
+                # from those already waiting (asyncpg's own pool lets it).
+                waiting.append(asyncio.ensure_future(database._release(connection)))
+                await asyncio.sleep(0)
+                waiting.append(asyncio.ensure_future(ask("newcomer")))
+            await asyncio.wait_for(asyncio.gather(*waiting), 5)
+            await database._release(held[-1])
+        finally:
+            await database.close()
+        return served
+
+    served = asyncio.run(scenario())
+
+    assert served[:3] == ["first", "second", "third"]
+    assert len(served) == 3 + db.POOL_SIZE - 1
