@@ -35,6 +35,10 @@ class Connection(Protocol):
     async def lock(self, key: str) -> None:
         """Serialise transactions that name the same key, until this transaction ends."""
 
+    async def next_id(self, table: str) -> int:
+        """The id that the next row of `table` (an `id` primary key that the database numbers)
+        takes, reserved for this transaction: a row can be written whole, its id included."""
+
 
 class Database(Protocol):
     dialect: str
@@ -67,6 +71,12 @@ def postgres_dsn(url: str) -> str:
 # --- SQLite -------------------------------------------------------------------------------------
 
 
+def _identifier(name: str) -> str:
+    if not name.isidentifier():
+        raise ValueError(f"not a table name: {name!r}")
+    return name
+
+
 def _sqlite_value(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -95,6 +105,15 @@ class _SqliteConnection:
 
     async def lock(self, key: str) -> None:
         """Nothing to do: BEGIN IMMEDIATE already holds the database's single write lock."""
+
+    async def next_id(self, table: str) -> int:
+        # AUTOINCREMENT keeps the highest id ever used in sqlite_sequence; the transaction holds
+        # the write lock, so no one else can take the next one before this transaction ends.
+        rows = await self.fetch_all(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = :table), 0) + 1",
+            {"table": _identifier(table)},
+        )
+        return int(rows[0][0])
 
 
 class SqliteDatabase(_SqliteConnection):
@@ -194,6 +213,12 @@ class _PostgresConnection:
         await self.fetch_all(
             "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", {"key": key}
         )
+
+    async def next_id(self, table: str) -> int:
+        rows = await self.fetch_all(
+            "SELECT nextval(pg_get_serial_sequence(:table, 'id'))", {"table": _identifier(table)}
+        )
+        return int(rows[0][0])
 
 
 async def _keep_session(connection: Any) -> None:

@@ -254,12 +254,19 @@ async def _insert(
     action: str,
     source: str | None = None,
 ) -> EntryDocument:
-    row = await tx.fetch_one(
-        "INSERT INTO timesheet_entry (user_id, work_date, project, hours_cents, notes, "
-        "status, created_by, created_at, updated_at, external_ref, source_client) VALUES "
-        "(:user_id, :work_date, :project, :hours_cents, :notes, 'pending', :actor, :now, :now, "
-        f":external_ref, :source) RETURNING {_COLUMNS}",
+    """Writes the new entry whole, its document included: the id is taken first."""
+    entry_id = await tx.next_id("timesheet_entry")
+    document = _render(
+        (entry_id, entry.user_id, entry.work_date, entry.project, entry.hours_cents, entry.notes)
+        + (EntryStatus.PENDING.value, None, now, now, 1, entry.external_ref, None)
+    )
+    await tx.fetch_all(
+        "INSERT INTO timesheet_entry (id, user_id, work_date, project, hours_cents, notes, "
+        "status, created_by, created_at, updated_at, external_ref, source_client, body) VALUES "
+        "(:id, :user_id, :work_date, :project, :hours_cents, :notes, 'pending', :actor, :now, "
+        ":now, :external_ref, :source, :body)",
         {
+            "id": entry_id,
             "user_id": entry.user_id,
             "work_date": entry.work_date,
             "project": entry.project,
@@ -269,10 +276,9 @@ async def _insert(
             "now": now,
             "external_ref": entry.external_ref,
             "source": source if entry.external_ref else None,
+            "body": document.json,
         },
     )
-    assert row is not None  # RETURNING always yields the inserted row
-    document = await _store(tx, row)
     await audit.record_event(tx, action=action, actor=actor, at=now, before=None, after=document)
     return document
 
