@@ -501,6 +501,15 @@ def test_get_timesheets_rejects_token_expired_beyond_leeway(client, make_token):
     assert_invalid_token(client.get("/timesheets", headers=bearer(token)), "token expired")
 
 
+def test_get_timesheets_rejects_a_remembered_token_once_it_has_expired(client, make_token):
+    token = make_token(lifetime=120)
+    assert client.get("/timesheets", headers=bearer(token)).status_code == 200  # now remembered
+    verifier = client.app.state.verifier
+    verifier._clock = lambda: time.time() + 120 + 31  # past exp and the leeway
+
+    assert_invalid_token(client.get("/timesheets", headers=bearer(token)), "token expired")
+
+
 # --- scopes and identity -----------------------------------------------------------------------
 
 

@@ -110,7 +110,9 @@ class TokenVerifier:
         """
         remembered = self._memo.get(token)
         if remembered is not None and remembered.still_current():
-            self._check_claims(remembered.claims, remembered.cache.issuer.issuer)
+            # Issuer, audience and subject were checked when it was verified, and cannot change;
+            # time can: exp (nbf and iat held then, and later only more so).
+            check_times(remembered.claims, now=self._clock(), leeway=self.config.leeway_seconds)
             return remembered.principal
         self._check_size(token)
         segments = self._split(token)
