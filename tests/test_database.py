@@ -2,6 +2,8 @@
 
 import asyncio
 
+import asyncpg
+
 from timesheets import db
 
 
@@ -37,3 +39,22 @@ def test_postgres_connections_go_to_waiting_requests_first_come_first_served(pos
 
     assert served[:3] == ["first", "second", "third"]
     assert len(served) == 3 + db.POOL_SIZE - 1
+
+
+def test_the_daily_cap_reads_one_day_through_the_date_index_on_postgres(postgres_database):
+    from timesheets.service import DAY_ENTRIES
+
+    async def plan() -> str:
+        connection = await asyncpg.connect(postgres_database)
+        try:
+            query, _ = db._positional(DAY_ENTRIES)
+            await connection.execute("SET plan_cache_mode = force_generic_plan")
+            await connection.execute(f"PREPARE day_entries AS {query}")
+            rows = await connection.fetch(
+                "EXPLAIN EXECUTE day_entries('ann@example.com', '2017-07-10')"
+            )
+            return "\n".join(row[0] for row in rows)
+        finally:
+            await connection.close()
+
+    assert "ix_entry_user_date" in asyncio.run(plan())

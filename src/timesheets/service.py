@@ -395,6 +395,15 @@ async def delete_entry(
         )
 
 
+# The ORDER BY is for the planners: only the (user_id, work_date, id) index serves it, so they never
+# pick the (user_id, updated_at, id) one and filter every entry of the user (PostgreSQL did, with a
+# plan made while the table was small: every write then read all of the user's entries).
+DAY_ENTRIES = (
+    "SELECT id, hours_cents FROM timesheet_entry WHERE user_id = :user_id "
+    "AND work_date = :work_date AND deleted_at IS NULL ORDER BY work_date, id"
+)
+
+
 async def _check_daily_caps(
     tx: Connection, entries: Iterable[NewEntry], *, replacing: Iterable[int]
 ) -> None:
@@ -406,11 +415,7 @@ async def _check_daily_caps(
         added[key] = added.get(key, 0) + entry.hours_cents
     replaced = set(replacing)
     for (user_id, work_date), cents in sorted(added.items()):
-        rows = await tx.fetch_all(
-            "SELECT id, hours_cents FROM timesheet_entry WHERE user_id = :user_id "
-            "AND work_date = :work_date AND deleted_at IS NULL",
-            {"user_id": user_id, "work_date": work_date},
-        )
+        rows = await tx.fetch_all(DAY_ENTRIES, {"user_id": user_id, "work_date": work_date})
         booked = sum(int(row[1]) for row in rows if row[0] not in replaced)
         if booked + cents > MAX_HOUR_CENTS:
             raise ValidationFailed.field(
