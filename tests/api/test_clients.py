@@ -372,3 +372,10 @@ def test_importer_token_user_is_its_subject_not_an_email(client, importer, mia):
     created = client.post("/timesheets/upload", json=IMPORTER_ENTRY, headers=importer).json()
     assert created["user_id"] == "007"
     assert client.put(f"/approvals/{created['id']}", headers=mia).status_code == 200
+
+
+def test_responses_to_requests_without_origin_vary_on_origin(client, ann):
+    # Caches must not hand a response made for no Origin to a browser that sends one.
+    for response in (client.get("/timesheets", headers=ann), client.get("/healthz")):
+        assert response.headers["Vary"] == "Origin"
+        assert "Access-Control-Allow-Origin" not in response.headers
