@@ -42,7 +42,7 @@ def test_postgres_connections_go_to_waiting_requests_first_come_first_served(pos
 
 
 def test_the_daily_cap_reads_one_day_through_the_date_index_on_postgres(postgres_database):
-    from timesheets.service import DAY_ENTRIES
+    from timesheets.service.writes import DAY_ENTRIES
 
     async def plan() -> str:
         connection = await asyncpg.connect(postgres_database)

@@ -12,21 +12,18 @@ import datetime as dt
 
 from .db import Connection, Database, Row
 from .errors import Conflict, ValidationFailed
-from .service import (
-    _COLUMNS,
+from .service.entries import (
+    COLUMNS,
     Actor,
     BeforeCommit,
     EntryDocument,
     EntryStatus,
     NewEntry,
-    _check_daily_caps,
-    _date_text,
-    _insert,
-    _now,
-    _render,
-    _rewrite,
-    lock_owners,
+    date_text,
+    now_utc,
+    render,
 )
+from .service.writes import check_daily_caps, insert_entry, lock_owners, rewrite_entry
 
 
 async def upload_entries(
@@ -54,21 +51,23 @@ async def upload_entries(
             _check_changeable(ref, stored[ref], by_ref[ref])
         written = [e for e in entries if e.external_ref is None or e.external_ref not in stored]
         written += [by_ref[ref] for ref in changed]
-        await _check_daily_caps(tx, written, replacing=[stored[ref][0] for ref in changed])
-        now = _now()
+        await check_daily_caps(tx, written, replacing=[stored[ref][0] for ref in changed])
+        now = now_utc()
         answers: list[EntryDocument] = []
         for entry in entries:
             ref = entry.external_ref or ""
             if ref not in stored:
                 answers.append(
-                    await _insert(tx, entry, actor=actor, now=now, action="uploaded", source=source)
+                    await insert_entry(
+                        tx, entry, actor=actor, now=now, action="uploaded", source=source
+                    )
                 )
             elif ref in changed:
                 answers.append(
-                    await _rewrite(tx, stored[ref], entry, actor=actor, action="uploaded")
+                    await rewrite_entry(tx, stored[ref], entry, actor=actor, action="uploaded")
                 )
             else:
-                answers.append(_render(stored[ref]))
+                answers.append(render(stored[ref]))
         if before_commit is not None:
             await before_commit(tx, answers)
     return answers
@@ -97,7 +96,7 @@ async def _stored(tx: Connection, source: str, refs: dict[str, NewEntry]) -> dic
     stored: dict[str, Row] = {}
     for ref in refs:
         row = await tx.fetch_one(
-            f"SELECT {_COLUMNS} FROM timesheet_entry "
+            f"SELECT {COLUMNS} FROM timesheet_entry "
             "WHERE source_client = :source AND external_ref = :ref",
             {"source": source, "ref": ref},
         )
@@ -107,7 +106,7 @@ async def _stored(tx: Connection, source: str, refs: dict[str, NewEntry]) -> dic
 
 
 def _changes(row: Row, entry: NewEntry) -> bool:
-    stored = (row[1], dt.date.fromisoformat(_date_text(row[2])), row[3], row[4], row[5])
+    stored = (row[1], dt.date.fromisoformat(date_text(row[2])), row[3], row[4], row[5])
     given = (entry.user_id, entry.work_date, entry.project, entry.hours_cents, entry.notes)
     return stored != given or row[12] is not None
 

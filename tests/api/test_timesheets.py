@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from timesheets.service import _COLUMNS, entry_from_row
+from timesheets.service.entries import COLUMNS, entry_from_row
 
 from ..conftest import EMPLOYEE, ENTRY, bearer
 
@@ -497,7 +497,7 @@ def test_stored_documents_match_the_columns_after_every_kind_of_write(client, an
 
     async def stored() -> list[tuple[dict, dict]]:
         db = client.app.state.db
-        rows = await db.fetch_all(f"SELECT {_COLUMNS}, body FROM timesheet_entry ORDER BY id")
+        rows = await db.fetch_all(f"SELECT {COLUMNS}, body FROM timesheet_entry ORDER BY id")
         return [(entry_from_row(row[:-1]), json.loads(row[-1])) for row in rows]
 
     pairs = client.portal.call(stored)
