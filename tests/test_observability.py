@@ -129,3 +129,18 @@ def test_request_stats_put_each_duration_in_the_first_bucket_that_holds_it():
     assert samples[("l_bucket", "+Inf")] == 5
     assert samples[("l_sum", None)] == pytest.approx(4.65)
     assert samples[("r_total", None)] == 5
+
+
+def test_request_metrics_counted_last_are_flushed_when_the_app_stops(settings):
+    app = create_app(settings, prefetch_keys=False)
+    with TestClient(app) as client:
+        client.get("/healthz")
+    # No scrape happened: the lifespan's end handed the count to Prometheus's values (with several
+    # workers, the shared files that outlive this one).
+    counted = [
+        sample.value
+        for metric in app.state.telemetry.registry.collect()
+        for sample in metric.samples
+        if sample.name == "timesheets_requests_total" and sample.labels["route"] == "/healthz"
+    ]
+    assert counted == [1.0]

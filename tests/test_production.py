@@ -631,13 +631,24 @@ def test_oversized_bodies_get_413_before_they_are_read_and_huge_headers_no_500(
     )
     assert reply == b"" or 400 <= _status(reply) < 500, reply[:300]
 
+    # A client that goes away in the middle of its body (a phone losing its network): nothing
+    # stored, no error logged.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5.0) as sock:
+        sock.sendall((head + "Content-Length: 100\r\n\r\n").encode() + b'{"project": "A')
+        time.sleep(0.3)
+    time.sleep(0.3)
+
     # And the server is still fine.
     assert httpx.get(server.url + "/healthz", timeout=5.0, trust_env=False).status_code == 200
+    listed = httpx.get(server.url + "/timesheets", headers=bearer(token), trust_env=False)
+    assert listed.json() == []
     assert "Traceback" not in server.log()
 
 
 @pytest.mark.slow
-def test_request_heads_over_the_cap_get_431_whether_sent_at_once_or_in_pieces(serve, tmp_path):
+def test_request_heads_over_the_cap_get_431_whether_sent_at_once_or_in_pieces(
+    serve, tmp_path, make_token
+):
     server = started(serve(f"sqlite:///{tmp_path / 'heads.db'}"))
     big = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: " + b"a" * 120_000 + b"\r\n\r\n"
 
@@ -653,6 +664,15 @@ def test_request_heads_over_the_cap_get_431_whether_sent_at_once_or_in_pieces(se
         sock.sendall(small * 3 + last)
         reply = b"".join(iter(lambda: sock.recv(65536), b""))
     assert reply.count(b"HTTP/1.1 200") == 4, reply[:300]
+    # Trailer fields after a chunked body are bounded like a head: no endless growth.
+    chunked = (
+        b"POST /timesheets HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + make_token("ann@example.com").encode() + b"\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n0\r\n"
+    )
+    trailers = [b"X-T%d: " % n + b"a" * 1000 + b"\r\n" for n in range(200)]
+    assert _status(_raw_exchange(server.port, chunked, trailers)) == 431
+
     body = b"{" + b" " * 100_000 + b"}"
     post = (
         b"POST /timesheets HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -674,6 +694,18 @@ def test_slow_request_heads_and_silent_connections_are_cut_off(serve, tmp_path):
 
     # A connection that never says anything is closed as well.
     with socket.create_connection(("127.0.0.1", server.port), timeout=5.0) as sock:
+        started_at = time.monotonic()
+        assert _status(sock.recv(1024)) == 408
+        assert time.monotonic() - started_at < 3.0
+
+    # Blank lines after a response begin no request: the connection must still send a head.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5.0) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        reply = b""
+        while not reply.endswith(b'{"status":"ok"}'):
+            reply += sock.recv(65536)
+        assert _status(reply) == 200
+        sock.sendall(b"\r\n")
         started_at = time.monotonic()
         assert _status(sock.recv(1024)) == 408
         assert time.monotonic() - started_at < 3.0

@@ -308,7 +308,7 @@ class PostgresDatabase(_PostgresConnection):
 
     async def _release(self, connection: Any) -> None:
         try:
-            await self._connection.release(connection)
+            await self._connection.release(connection, timeout=CLOSE_TIMEOUT)
         finally:
             self._turns.release()
 

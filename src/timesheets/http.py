@@ -5,7 +5,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
@@ -40,10 +40,15 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"at most {max_bytes} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"at most {max_bytes} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise PayloadTooLarge(f"at most {max_bytes} bytes")
+    except ClientDisconnect:
+        # The connection ended before the body did (a phone losing its network, a refused
+        # trailer): nothing was read whole, nothing is done, and nobody is left to answer.
+        raise MalformedBody("the request body ended early") from None
     return bytes(body)
 
 

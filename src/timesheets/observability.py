@@ -8,6 +8,7 @@ processes it sets PROMETHEUS_MULTIPROC_DIR first: every process then writes its 
 import asyncio
 import bisect
 import itertools
+import logging
 import os
 import re
 import sys
@@ -28,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+logger = logging.getLogger("timesheets")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -153,6 +155,7 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._size = 0
         self._task: asyncio.Task[None] | None = None
+        self._also: tuple[Callable[[], None], ...] = ()
 
     def write(self, entry: dict[str, Any]) -> None:
         line = orjson.dumps(entry) + b"\n"
@@ -170,23 +173,30 @@ class AccessLog:
         self._lines, self._size = [], 0
 
     def start(self, *also: Callable[[], None]) -> None:
-        """Flush every `flush_interval` seconds, and call each of `also` then too."""
+        """Flush every `flush_interval` seconds and on close, and call each of `also` then too."""
+        self._also = also
         if self._task is None:
-            self._task = asyncio.ensure_future(self._keep_flushing(also))
+            self._task = asyncio.ensure_future(self._keep_flushing())
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self.flush()
+        self._flush_all()
 
-    async def _keep_flushing(self, also: tuple[Callable[[], None], ...]) -> None:
+    def _flush_all(self) -> None:
+        self.flush()
+        for flush in self._also:
+            flush()
+
+    async def _keep_flushing(self) -> None:
         while True:
             await asyncio.sleep(self._flush_interval)
-            self.flush()
-            for flush in also:
-                flush()
+            try:
+                self._flush_all()
+            except Exception:  # a broken stream must not stop the metrics: try again next time
+                logger.warning("access log or metrics could not be flushed", exc_info=True)
 
 
 class RequestLog:

@@ -36,6 +36,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._fed = 0  # bytes handed to the parser on this connection
         self._chunk_start = 0  # _fed before the read being parsed
         self._message_start = 0  # _chunk_start of the read in which the current message began
+        self._trailers = 0  # bytes of trailer fields after the current message's chunked body
         self._refused = False
         # Slowloris: a request head that takes longer than this to arrive closes the connection.
         self._head_timeout = float(
@@ -63,16 +64,30 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._chunk_start = self._fed
         self._fed += len(data)
         super().data_received(data)
-        if self._in_head and not self._refused and self.parser is not None:
+        if self._refused or self.parser is None:
+            return
+        if self._in_head:
             # A head still incomplete: counted by the read, so the overshoot is one read at most.
             if self._fed - self._message_start > self._max_head:
                 self._refuse_head()
             elif self._head_timer is None:
                 self._arm_head_timer()
+        elif self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+            # Bytes that began no request (blank lines between requests): uvicorn has stopped its
+            # keep-alive timer, so this one must see a head arrive in time.
+            self._arm_head_timer()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._message_start = True, self._chunk_start
+        self._in_head, self._message_start, self._trailers = True, self._chunk_start, 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:  # a trailer field after a chunked body: bounded like a head
+            self._trailers += len(name) + len(value) + 4
+            if self._trailers > self._max_head:
+                self._refused = True
+                raise _HeadTooLarge()
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
