@@ -169,6 +169,12 @@ def mia(make_token: Callable[..., str]) -> dict[str, str]:
 
 
 @pytest.fixture
+def max_(make_token: Callable[..., str]) -> dict[str, str]:
+    """A second manager's headers."""
+    return bearer(make_token("max@example.com", MANAGER))
+
+
+@pytest.fixture
 def importer(make_token: Callable[..., str]) -> dict[str, str]:
     """The batch importer's headers: a machine token with batch:upload and no email."""
     return bearer(
@@ -182,3 +188,11 @@ def importer(make_token: Callable[..., str]) -> dict[str, str]:
 
 
 ENTRY = {"project": "StoreZero", "date": "2017-07-10", "hours": 7.5}
+
+
+def create_entry(client: TestClient, headers: dict[str, str], **fields: Any) -> dict[str, Any]:
+    """Creates an entry (ENTRY with `fields` changed), which must answer 201; the entry."""
+    response = client.post("/timesheets", json={**ENTRY, **fields}, headers=headers)
+    assert response.status_code == 201, response.text
+    entry: dict[str, Any] = response.json()
+    return entry

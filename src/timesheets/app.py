@@ -20,8 +20,9 @@ from .auth import AuthError, DevIssuer, TokenVerifier
 from .config import Settings, load_settings
 from .errors import ApiError, DatabaseUnavailable, InternalError, MethodNotAllowed, NotFound
 from .http import JSONResponse
-from .observability import AccessLog, RequestLog, Telemetry, metrics_endpoint
+from .observability import FLUSH_INTERVAL, AccessLog, RequestLog, Telemetry, metrics_endpoint
 from .openapi import build_openapi
+from .periodic import Periodic
 from .ratelimit import RateLimiter
 from .routes import OPERATIONS, health
 from .routes.health import PROTECTED_RESOURCE_PATH
@@ -75,7 +76,7 @@ def create_app(
                 auth, client, observer=telemetry.auth_event
             )
             app.state.db = await database.connect(settings.database_url)
-            request_log.start(telemetry.answered.flush)
+            flushing.start()
             app.state.rate_limiter = None
             if settings.rate_limit_per_minute:
                 app.state.rate_limiter = RateLimiter(
@@ -92,11 +93,17 @@ def create_app(
                 await app.state.verifier.close()
                 if app.state.rate_limiter is not None:
                     await app.state.rate_limiter.close()
-                await request_log.close()
+                await flushing.close()
                 await app.state.db.close()
 
     telemetry = Telemetry()
     request_log = access_log or AccessLog()
+
+    async def flush() -> None:
+        request_log.flush()
+        telemetry.answered.flush()
+
+    flushing = Periodic(FLUSH_INTERVAL, flush, what="writing the access log and request metrics")
     routes: list[BaseRoute] = [op.route() for op in OPERATIONS]
     routes += health.ROUTES
     if settings.metrics_enabled:

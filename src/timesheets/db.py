@@ -77,9 +77,14 @@ def _identifier(name: str) -> str:
     return name
 
 
+def utc_text(value: dt.datetime) -> str:
+    """A time as this service writes it everywhere: UTC, microseconds and a Z."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _sqlite_value(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return utc_text(value)
     if isinstance(value, dt.date):
         return value.isoformat()
     return value

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from .db import Row
+from .db import Row, utc_text
 from .errors import ValidationFailed
 
 
@@ -22,7 +22,7 @@ def full_timestamp_text(value: Any) -> str:
     """A stored timestamp with all its microseconds, UTC, with a Z."""
     if type(value) is str:
         return value
-    return str(value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    return utc_text(value)
 
 
 @dataclass(frozen=True, slots=True)

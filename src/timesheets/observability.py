@@ -5,7 +5,6 @@ processes it sets PROMETHEUS_MULTIPROC_DIR first: every process then writes its 
 /metrics (in any worker, or on the separate metrics port) adds them all up.
 """
 
-import asyncio
 import bisect
 import itertools
 import logging
@@ -13,7 +12,6 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import orjson
@@ -31,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("timesheets")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+FLUSH_INTERVAL = 0.2  # seconds between flushes of the access log and the request metrics
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -92,7 +91,7 @@ class RequestStats:
     A Prometheus value takes a lock (and, with several workers, writes a shared file) on every
     update: three updates a request cost more than the rest of the request log together
     (bench/README.md). `flush` adds up what was counted since the last one; /metrics flushes
-    first, and the access log's timer flushes every `AccessLog.flush_interval`.
+    first, and the application flushes every `FLUSH_INTERVAL` seconds.
     """
 
     def __init__(
@@ -144,18 +143,15 @@ async def metrics_endpoint(request: Request) -> Response:
 class AccessLog:
     """The per-request log: one JSON object a line, on stderr unless told otherwise.
 
-    Lines are written in batches (every `flush_interval` seconds, or sooner when 64 KiB are
-    waiting) and encoded with orjson: the logging module and a write per request cost more than
+    Lines are written in batches (`flush`, which the application calls every `FLUSH_INTERVAL`
+    seconds; sooner when 64 KiB are waiting) and encoded with orjson: the logging module and a write per request cost more than
     the rest of a cheap request together (bench/README.md). A crash loses at most the last batch.
     """
 
-    def __init__(self, stream: BinaryIO | None = None, *, flush_interval: float = 0.2) -> None:
+    def __init__(self, stream: BinaryIO | None = None) -> None:
         self._stream = stream
-        self._flush_interval = flush_interval
         self._lines: list[bytes] = []
         self._size = 0
-        self._task: asyncio.Task[None] | None = None
-        self._also: tuple[Callable[[], None], ...] = ()
 
     def write(self, entry: dict[str, Any]) -> None:
         line = orjson.dumps(entry) + b"\n"
@@ -171,32 +167,6 @@ class AccessLog:
         stream.write(b"".join(self._lines))
         stream.flush()
         self._lines, self._size = [], 0
-
-    def start(self, *also: Callable[[], None]) -> None:
-        """Flush every `flush_interval` seconds and on close, and call each of `also` then too."""
-        self._also = also
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._keep_flushing())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        self._flush_all()
-
-    def _flush_all(self) -> None:
-        self.flush()
-        for flush in self._also:
-            flush()
-
-    async def _keep_flushing(self) -> None:
-        while True:
-            await asyncio.sleep(self._flush_interval)
-            try:
-                self._flush_all()
-            except Exception:  # a broken stream must not stop the metrics: try again next time
-                logger.warning("access log or metrics could not be flushed", exc_info=True)
 
 
 class RequestLog:

@@ -7,16 +7,14 @@ workers (and hosts) agree within one sync interval, and no request ever waits on
 it. If the database is unreachable, counts stay local until it returns.
 """
 
-import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable
 
 from .db import Database
 from .errors import ApiError
+from .periodic import Periodic
 
-logger = logging.getLogger("timesheets.ratelimit")
 _WINDOW = 60
 
 
@@ -44,11 +42,10 @@ class RateLimiter:
     ) -> None:
         self._db = db
         self.limit = limit_per_minute
-        self._sync_interval = sync_interval
         self._clock = clock
         self._pending: dict[tuple[str, int], int] = {}  # counted here, not yet in the database
         self._known: dict[tuple[str, int], int] = {}  # all processes' total at the last sync
-        self._task: asyncio.Task[None] | None = None
+        self._syncing = Periodic(sync_interval, self.sync, what="storing rate-limit counts")
 
     def check(self, caller: str) -> None:
         """Counts one request of `caller`.
@@ -63,23 +60,11 @@ class RateLimiter:
         self._pending[key] = self._pending.get(key, 0) + 1
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._keep_syncing())
+        self._syncing.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self.sync()
-
-    async def _keep_syncing(self) -> None:
-        while True:
-            await asyncio.sleep(self._sync_interval)
-            try:
-                await self.sync()
-            except Exception:  # the next round retries; counts are kept meanwhile
-                logger.warning("rate-limit counts could not be stored", exc_info=True)
+        """Stops syncing in the background, after one last sync."""
+        await self._syncing.close()
 
     async def sync(self) -> None:
         """Adds this process's counts to the shared ones and learns the totals."""

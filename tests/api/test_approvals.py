@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from ..conftest import ENTRY, MANAGER, bearer
+from ..conftest import ENTRY, bearer, create_entry
 
 LINK = re.compile(r'<([^>]+)>; rel="next"')
 
@@ -12,19 +12,6 @@ LINK = re.compile(r'<([^>]+)>; rel="next"')
 @pytest.fixture
 def bob(make_token):
     return bearer(make_token("bob@example.com"))
-
-
-@pytest.fixture
-def max_(make_token):
-    """A second manager."""
-    return bearer(make_token("max@example.com", MANAGER))
-
-
-def _create(client, headers, **fields) -> dict:
-    response = client.post("/timesheets", json={**ENTRY, **fields}, headers=headers)
-    assert response.status_code == 201, response.text
-    entry: dict = response.json()
-    return entry
 
 
 def _pending_ids(client, headers) -> list[int]:
@@ -40,9 +27,9 @@ def _pending_ids(client, headers) -> list[int]:
 def test_list_approvals_shows_pending_entries_of_all_users_oldest_first(
     client, ann, bob, mia, importer
 ):
-    bobs = _create(client, bob, date="2017-07-12")
-    anns = _create(client, ann, date="2017-07-11")
-    mias = _create(client, mia, date="2017-07-13")
+    bobs = create_entry(client, bob, date="2017-07-12")
+    anns = create_entry(client, ann, date="2017-07-11")
+    mias = create_entry(client, mia, date="2017-07-13")
     uploaded = client.post(
         "/timesheets/upload", json={**ENTRY, "user_id": "007"}, headers=importer
     ).json()
@@ -58,7 +45,9 @@ def test_list_approvals_shows_pending_entries_of_all_users_oldest_first(
 
 
 def test_list_approvals_leaves_out_decided_entries(client, ann, mia):
-    approved, rejected, pending = (_create(client, ann, date=f"2017-07-1{n}") for n in range(3))
+    approved, rejected, pending = (
+        create_entry(client, ann, date=f"2017-07-1{n}") for n in range(3)
+    )
     client.put(f"/approvals/{approved['id']}", headers=mia)
     client.post(f"/approvals/{rejected['id']}/reject", json={"reason": "no"}, headers=mia)
     assert _pending_ids(client, mia) == [pending["id"]]
@@ -66,7 +55,7 @@ def test_list_approvals_leaves_out_decided_entries(client, ann, mia):
 
 def test_list_approvals_pages_follow_link_until_done(client, ann, bob, mia):
     ids = [
-        _create(client, who, date=f"2017-07-{day:02d}", hours=1)["id"]
+        create_entry(client, who, date=f"2017-07-{day:02d}", hours=1)["id"]
         for day in range(1, 6)
         for who in (ann, bob)
     ]
@@ -89,7 +78,7 @@ def test_list_approvals_is_empty_array_without_pending_entries(client, mia):
 
 
 def test_approve_pending_entry_is_200_with_the_entry(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.put(f"/approvals/{entry['id']}", headers=mia)
     assert response.status_code == 200
     approved = response.json()
@@ -116,7 +105,7 @@ def test_approve_pending_entry_is_200_with_the_entry(client, ann, mia):
 def test_approve_accepts_no_body_empty_body_or_empty_object(
     client, ann, mia, content, content_type
 ):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     headers = {**mia, "Content-Type": content_type} if content_type else mia
     response = client.put(f"/approvals/{entry['id']}", content=content, headers=headers)
     assert response.status_code == 200, response.text
@@ -124,7 +113,7 @@ def test_approve_accepts_no_body_empty_body_or_empty_object(
 
 
 def test_approve_twice_is_200_and_changes_nothing(client, ann, mia, max_):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     first = client.put(f"/approvals/{entry['id']}", headers=mia)
     second = client.put(f"/approvals/{entry['id']}", headers=max_)
     assert first.status_code == second.status_code == 200
@@ -132,7 +121,7 @@ def test_approve_twice_is_200_and_changes_nothing(client, ann, mia, max_):
 
 
 def test_approve_own_entry_is_403(client, mia):
-    entry = _create(client, mia)
+    entry = create_entry(client, mia)
     response = client.put(f"/approvals/{entry['id']}", headers=mia)
     assert response.status_code == 403
     assert response.json()["error"] == "forbidden"
@@ -146,7 +135,7 @@ def test_approve_unknown_entry_is_404(client, mia):
 
 
 def test_approve_rejected_entry_is_409(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     client.post(f"/approvals/{entry['id']}/reject", json={"reason": "no"}, headers=mia)
     response = client.put(f"/approvals/{entry['id']}", headers=mia)
     assert response.status_code == 409
@@ -155,7 +144,7 @@ def test_approve_rejected_entry_is_409(client, ann, mia):
 
 
 def test_approve_with_non_empty_unknown_body_is_422(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.put(f"/approvals/{entry['id']}", json={"approved": True}, headers=mia)
     assert response.status_code == 422
     assert [error["field"] for error in response.json()["errors"]] == ["approved"]
@@ -175,7 +164,7 @@ def test_approve_uploaded_entry_succeeds(client, mia, importer):
 
 
 def test_reject_pending_entry_records_reason(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.post(
         f"/approvals/{entry['id']}/reject", json={"reason": "  wrong day "}, headers=mia
     )
@@ -191,7 +180,7 @@ def test_reject_pending_entry_records_reason(client, ann, mia):
 
 
 def test_reject_with_form_body_succeeds(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.post(
         f"/approvals/{entry['id']}/reject",
         content=b"reason=too+many+hours",
@@ -203,7 +192,7 @@ def test_reject_with_form_body_succeeds(client, ann, mia):
 
 @pytest.mark.parametrize("body", [None, {}, {"reason": ""}, {"reason": "   "}, {"why": "late"}])
 def test_reject_without_reason_is_422(client, ann, mia, body):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.post(f"/approvals/{entry['id']}/reject", json=body, headers=mia)
     assert response.status_code == 422
     assert response.json()["error"] == "validation_failed"
@@ -211,14 +200,14 @@ def test_reject_without_reason_is_422(client, ann, mia, body):
 
 
 def test_reject_own_entry_is_403(client, mia):
-    entry = _create(client, mia)
+    entry = create_entry(client, mia)
     response = client.post(f"/approvals/{entry['id']}/reject", json={"reason": "mine"}, headers=mia)
     assert response.status_code == 403
     assert _pending_ids(client, mia) == [entry["id"]]
 
 
 def test_reject_approved_entry_is_409(client, ann, mia, max_):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     client.put(f"/approvals/{entry['id']}", headers=mia)
     response = client.post(
         f"/approvals/{entry['id']}/reject", json={"reason": "changed my mind"}, headers=max_
@@ -233,7 +222,7 @@ def test_reject_unknown_entry_is_404(client, mia):
 
 
 def test_rejected_entry_edited_by_owner_can_then_be_approved(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     client.post(f"/approvals/{entry['id']}/reject", json={"reason": "hours"}, headers=mia)
     assert (
         client.patch(f"/timesheets/{entry['id']}", json={"hours": 6}, headers=ann).status_code

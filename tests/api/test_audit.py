@@ -7,14 +7,7 @@ from starlette.testclient import TestClient
 from timesheets import audit
 from timesheets.app import create_app
 
-from ..conftest import ENTRY, bearer
-
-
-def _create(client, headers, **fields) -> dict:
-    response = client.post("/timesheets", json={**ENTRY, **fields}, headers=headers)
-    assert response.status_code == 201, response.text
-    entry: dict = response.json()
-    return entry
+from ..conftest import ENTRY, bearer, create_entry
 
 
 def _history(client, headers, entry_id: int) -> list[dict]:
@@ -34,7 +27,7 @@ def _count(client, table: str) -> int:
 
 
 def test_history_records_every_kind_of_change_with_before_and_after(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     path = f"/timesheets/{entry['id']}"
     client.patch(path, json={"hours": 2}, headers=ann)
     client.post(f"/approvals/{entry['id']}/reject", json={"reason": "no"}, headers=mia)
@@ -87,26 +80,26 @@ def test_history_records_uploads_with_the_client_id(client, importer, mia):
 
 
 def test_history_is_404_for_someone_elses_entry_without_approve_scope(client, ann, make_token):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     bob = bearer(make_token("bob@example.com"))
     assert client.get(f"/timesheets/{entry['id']}/history", headers=bob).status_code == 404
     assert client.get("/timesheets/999/history", headers=ann).status_code == 404
 
 
 def test_history_is_open_to_an_approver_with_only_approve_scope(client, ann, make_token):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     approver = bearer(make_token("mia@example.com", ("approve:timesheets",)))
     assert [e["action"] for e in _history(client, approver, entry["id"])] == ["created"]
 
 
 def test_history_needs_read_or_approve_scope(client, ann, importer):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.get(f"/timesheets/{entry['id']}/history", headers=importer)
     assert response.status_code == 403
 
 
 def test_history_failed_request_records_no_event(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     client.put(f"/approvals/{entry['id']}", headers=mia)
     client.patch(f"/timesheets/{entry['id']}", json={"hours": 1}, headers=ann)  # 409
     client.put(f"/approvals/{entry['id']}", headers=mia)  # again: no change, no event
@@ -119,7 +112,7 @@ def test_failure_after_the_change_before_commit_stores_neither_change_nor_event(
     settings, ann, mia, importer, monkeypatch, change
 ):
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        entry = _create(client, ann)
+        entry = create_entry(client, ann)
         if change == "reopen":
             client.put(f"/approvals/{entry['id']}", headers=mia)
         before = client.get(f"/timesheets/{entry['id']}", headers=ann).json()

@@ -3,20 +3,7 @@ If-None-Match makes a re-read cheap (304)."""
 
 import pytest
 
-from ..conftest import ENTRY, MANAGER, bearer
-
-
-@pytest.fixture
-def max_(make_token):
-    """A second manager."""
-    return bearer(make_token("max@example.com", MANAGER))
-
-
-def _create(client, headers, **fields) -> dict:
-    response = client.post("/timesheets", json={**ENTRY, **fields}, headers=headers)
-    assert response.status_code == 201, response.text
-    entry: dict = response.json()
-    return entry
+from ..conftest import ENTRY, bearer, create_entry
 
 
 def _tag(entry: dict) -> str:
@@ -32,7 +19,7 @@ def test_create_answers_version_1_and_its_etag(client, ann):
 
 
 def test_every_change_adds_one_to_the_version(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     path = f"/timesheets/{entry['id']}"
     versions = [client.patch(path, json={"hours": 2}, headers=ann).json()["version"]]
     versions.append(client.put(f"/approvals/{entry['id']}", headers=mia).json()["version"])
@@ -50,7 +37,7 @@ def test_every_change_adds_one_to_the_version(client, ann, mia):
 def test_edit_lost_update_one_wins_and_the_other_gets_412(client, ann, make_token):
     phone = ann
     laptop = bearer(make_token("ann@example.com"))
-    entry = _create(client, phone)
+    entry = create_entry(client, phone)
     path = f"/timesheets/{entry['id']}"
     read = client.get(path, headers=laptop).headers["ETag"]
 
@@ -69,7 +56,7 @@ def test_edit_lost_update_one_wins_and_the_other_gets_412(client, ann, make_toke
     ['"{id}-1"', '"999-1", "{id}-1"', "*"],
 )
 def test_edit_with_matching_if_match_succeeds(client, ann, if_match):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     header = if_match.format(id=entry["id"])
     response = client.patch(
         f"/timesheets/{entry['id']}", json={"hours": 2}, headers={**ann, "If-Match": header}
@@ -82,7 +69,7 @@ def test_edit_with_matching_if_match_succeeds(client, ann, if_match):
     ['"{id}-2"', 'W/"{id}-1"', '"999-1"', "garbage", '"{id}-1x"'],
 )
 def test_edit_with_other_if_match_is_412_and_changes_nothing(client, ann, if_match):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     header = if_match.format(id=entry["id"])
     response = client.patch(
         f"/timesheets/{entry['id']}", json={"hours": 2}, headers={**ann, "If-Match": header}
@@ -92,7 +79,7 @@ def test_edit_with_other_if_match_is_412_and_changes_nothing(client, ann, if_mat
 
 
 def test_delete_with_stale_if_match_is_412_and_keeps_the_entry(client, ann):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     stale = _tag(entry)
     client.patch(f"/timesheets/{entry['id']}", json={"hours": 2}, headers=ann)
 
@@ -116,7 +103,7 @@ def test_delete_with_stale_if_match_is_412_and_keeps_the_entry(client, ann):
 def test_decision_on_a_changed_entry_with_stale_if_match_is_412(
     client, ann, mia, method, suffix, body
 ):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     stale = _tag(entry)
     client.patch(f"/timesheets/{entry['id']}", json={"hours": 2}, headers=ann)
 
@@ -133,7 +120,7 @@ def test_decision_on_a_changed_entry_with_stale_if_match_is_412(
 
 
 def test_approve_with_current_if_match_succeeds(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.put(f"/approvals/{entry['id']}", headers={**mia, "If-Match": _tag(entry)})
 
     assert response.status_code == 200
@@ -141,7 +128,7 @@ def test_approve_with_current_if_match_succeeds(client, ann, mia):
 
 
 def test_two_managers_deciding_on_one_version_one_wins(client, ann, mia, max_):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     tag = _tag(entry)
     approved = client.put(f"/approvals/{entry['id']}", headers={**mia, "If-Match": tag})
     rejected = client.post(
@@ -154,7 +141,7 @@ def test_two_managers_deciding_on_one_version_one_wins(client, ann, mia, max_):
 
 
 def test_get_with_current_etag_in_if_none_match_is_304_without_body(client, ann):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     path = f"/timesheets/{entry['id']}"
     tag = client.get(path, headers=ann).headers["ETag"]
 
@@ -166,7 +153,7 @@ def test_get_with_current_etag_in_if_none_match_is_304_without_body(client, ann)
 
 
 def test_get_with_old_etag_in_if_none_match_is_200_with_new_etag(client, ann):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     path = f"/timesheets/{entry['id']}"
     client.patch(path, json={"hours": 2}, headers=ann)
 
@@ -178,7 +165,7 @@ def test_get_with_old_etag_in_if_none_match_is_200_with_new_etag(client, ann):
 
 
 def test_get_others_entry_with_if_none_match_is_404(client, ann, make_token):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     bob = bearer(make_token("bob@example.com"))
     response = client.get(f"/timesheets/{entry['id']}", headers={**bob, "If-None-Match": "*"})
     assert response.status_code == 404

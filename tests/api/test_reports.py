@@ -5,25 +5,18 @@ import io
 
 import pytest
 
-from ..conftest import ENTRY, bearer
-
-
-def _create(client, headers, **fields) -> dict:
-    response = client.post("/timesheets", json={**ENTRY, **fields}, headers=headers)
-    assert response.status_code == 201, response.text
-    entry: dict = response.json()
-    return entry
+from ..conftest import bearer, create_entry
 
 
 @pytest.fixture
 def week(client, ann, make_token):
     """Ann's entries over two ISO weeks and two projects; Bob's are never counted."""
-    _create(client, ann, date="2017-07-09", hours=1, project="A")  # Sunday: week 27
-    _create(client, ann, date="2017-07-10", hours=2.5, project="A")  # Monday: week 28
-    _create(client, ann, date="2017-07-10", hours=3, project="B")
-    deleted = _create(client, ann, date="2017-07-11", hours=4, project="B")
+    create_entry(client, ann, date="2017-07-09", hours=1, project="A")  # Sunday: week 27
+    create_entry(client, ann, date="2017-07-10", hours=2.5, project="A")  # Monday: week 28
+    create_entry(client, ann, date="2017-07-10", hours=3, project="B")
+    deleted = create_entry(client, ann, date="2017-07-11", hours=4, project="B")
     client.delete(f"/timesheets/{deleted['id']}", headers=ann)
-    _create(client, bearer(make_token("bob@example.com")), date="2017-07-10", hours=8)
+    create_entry(client, bearer(make_token("bob@example.com")), date="2017-07-10", hours=8)
 
 
 def test_summary_by_day_totals_hours_and_counts(client, ann, week):
@@ -111,7 +104,9 @@ def test_export_csv_lists_own_entries_oldest_first(client, ann, week):
     ],
 )
 def test_export_csv_neutralises_formula_like_cells(client, ann, mia, text):
-    entry = _create(client, ann, project=f"{text}p" if text[0] not in "\t\r" else "P", notes=text)
+    entry = create_entry(
+        client, ann, project=f"{text}p" if text[0] not in "\t\r" else "P", notes=text
+    )
     client.post(f"/approvals/{entry['id']}/reject", json={"reason": f"{text}r"}, headers=mia)
 
     rows = list(csv.reader(io.StringIO(client.get("/timesheets/export.csv", headers=ann).text)))
@@ -124,7 +119,7 @@ def test_export_csv_neutralises_formula_like_cells(client, ann, mia, text):
 
 
 def test_export_csv_keeps_harmless_cells_as_they_are(client, ann):
-    _create(client, ann, project="Store = Zero", notes='a, "quoted"\nline')
+    create_entry(client, ann, project="Store = Zero", notes='a, "quoted"\nline')
     rows = list(csv.reader(io.StringIO(client.get("/timesheets/export.csv", headers=ann).text)))
     assert rows[1][2] == "Store = Zero" and rows[1][4] == 'a, "quoted"\nline'
 

@@ -6,18 +6,11 @@ import urllib.parse
 
 import pytest
 
-from ..conftest import ENTRY, bearer
+from ..conftest import bearer, create_entry
 
 EPOCH = "1970-01-01T00:00:00Z"
 SYNC_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 LINK = re.compile(r'<([^>]+)>; rel="next"')
-
-
-def _create(client, headers, **fields) -> dict:
-    response = client.post("/timesheets", json={**ENTRY, **fields}, headers=headers)
-    assert response.status_code == 201, response.text
-    entry: dict = response.json()
-    return entry
 
 
 def _sync(client, headers, since: str, **params) -> tuple[list[dict], str]:
@@ -31,8 +24,8 @@ def _sync(client, headers, since: str, **params) -> tuple[list[dict], str]:
 
 
 def test_sync_from_the_epoch_answers_every_entry_in_change_order(client, ann):
-    first = _create(client, ann, hours=1)
-    second = _create(client, ann, hours=2)
+    first = create_entry(client, ann, hours=1)
+    second = create_entry(client, ann, hours=2)
     client.patch(f"/timesheets/{first['id']}", json={"notes": "later"}, headers=ann)
 
     changes, _ = _sync(client, ann, EPOCH)
@@ -42,9 +35,9 @@ def test_sync_from_the_epoch_answers_every_entry_in_change_order(client, ann):
 
 
 def test_sync_since_last_timestamp_answers_only_later_changes(client, ann):
-    old = _create(client, ann, hours=1)
+    old = create_entry(client, ann, hours=1)
     _, stamp = _sync(client, ann, EPOCH)
-    new = _create(client, ann, hours=2)
+    new = create_entry(client, ann, hours=2)
 
     changes, next_stamp = _sync(client, ann, stamp)
 
@@ -54,7 +47,7 @@ def test_sync_since_last_timestamp_answers_only_later_changes(client, ann):
 
 
 def test_sync_shows_a_deleted_entry_as_a_tombstone(client, ann):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     _, stamp = _sync(client, ann, EPOCH)
     assert client.delete(f"/timesheets/{entry['id']}", headers=ann).status_code == 204
 
@@ -76,7 +69,7 @@ def test_sync_shows_a_deleted_entry_as_a_tombstone(client, ann):
 
 
 def test_sync_shows_an_approvers_decision_to_the_owner(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     _, stamp = _sync(client, ann, EPOCH)
     client.put(f"/approvals/{entry['id']}", headers=mia)
 
@@ -87,14 +80,14 @@ def test_sync_shows_an_approvers_decision_to_the_owner(client, ann, mia):
 
 def test_sync_shows_only_the_callers_entries(client, ann, make_token):
     bob = bearer(make_token("bob@example.com"))
-    _create(client, bob)
-    mine = _create(client, ann)
+    create_entry(client, bob)
+    mine = create_entry(client, ann)
 
     assert [entry["id"] for entry in _sync(client, ann, EPOCH)[0]] == [mine["id"]]
 
 
 def test_sync_pages_follow_link_and_see_every_change_once(client, ann):
-    created = [_create(client, ann, hours=1, notes=str(n)) for n in range(5)]
+    created = [create_entry(client, ann, hours=1, notes=str(n)) for n in range(5)]
     query = urllib.parse.urlencode({"updated_since": EPOCH, "limit": 2})
     url: str | None = f"/timesheets?{query}"
     seen: list[int] = []
@@ -108,7 +101,7 @@ def test_sync_pages_follow_link_and_see_every_change_once(client, ann):
 
 
 def test_sync_accepts_offsets_and_fractions(client, ann):
-    _create(client, ann)
+    create_entry(client, ann)
     for since in ("1970-01-01T01:00:00+01:00", "1970-01-01T00:00:00.123456789Z"):
         assert len(_sync(client, ann, since)[0]) == 1
 
@@ -140,7 +133,7 @@ def test_sync_with_other_filters_is_422(client, ann):
 
 def test_sync_with_a_list_cursor_is_422(client, ann):
     for n in range(3):
-        _create(client, ann, hours=1, notes=str(n))
+        create_entry(client, ann, hours=1, notes=str(n))
     link = client.get("/timesheets?limit=1", headers=ann).headers["Link"]
     cursor = urllib.parse.parse_qs(urllib.parse.urlparse(LINK.fullmatch(link).group(1)).query)
     response = client.get(
@@ -152,9 +145,9 @@ def test_sync_with_a_list_cursor_is_422(client, ann):
 
 
 def test_deleted_entries_free_their_hours_and_leave_approvals(client, ann, mia):
-    entry = _create(client, ann, hours=20)
+    entry = create_entry(client, ann, hours=20)
     client.delete(f"/timesheets/{entry['id']}", headers=ann)
 
     assert client.get("/approvals", headers=mia).json() == []
     assert client.put(f"/approvals/{entry['id']}", headers=mia).status_code == 404
-    _create(client, ann, hours=20)
+    create_entry(client, ann, hours=20)

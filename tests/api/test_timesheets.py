@@ -7,7 +7,7 @@ import pytest
 
 from timesheets.service.entries import COLUMNS, entry_from_row
 
-from ..conftest import EMPLOYEE, ENTRY, bearer
+from ..conftest import EMPLOYEE, ENTRY, bearer, create_entry
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 LINK = re.compile(r'<([^>]+)>; rel="next"')
@@ -16,13 +16,6 @@ LINK = re.compile(r'<([^>]+)>; rel="next"')
 @pytest.fixture
 def bob(make_token):
     return bearer(make_token("bob@example.com", EMPLOYEE))
-
-
-def _create(client, headers, **fields) -> dict:
-    response = client.post("/timesheets", json={**ENTRY, **fields}, headers=headers)
-    assert response.status_code == 201, response.text
-    entry: dict = response.json()
-    return entry
 
 
 def _upload(client, importer, items: list[dict]) -> list[dict]:
@@ -92,7 +85,7 @@ def test_create_returns_201_entry_and_location(client, ann):
 
 
 def test_create_without_notes_stores_empty_notes(client, ann):
-    assert _create(client, ann)["notes"] == ""
+    assert create_entry(client, ann)["notes"] == ""
 
 
 @pytest.mark.parametrize(
@@ -110,7 +103,7 @@ def test_create_without_notes_stores_empty_notes(client, ann):
     ],
 )
 def test_create_keeps_hours_exactly(client, ann, hours, expected):
-    assert _create(client, ann, hours=hours)["hours"] == expected
+    assert create_entry(client, ann, hours=hours)["hours"] == expected
 
 
 @pytest.mark.parametrize(
@@ -125,7 +118,7 @@ def test_create_keeps_hours_exactly(client, ann, hours, expected):
     ],
 )
 def test_create_keeps_date_as_written(client, ann, date, expected):
-    assert _create(client, ann, date=date)["date"] == expected
+    assert create_entry(client, ann, date=date)["date"] == expected
 
 
 def test_create_ignores_read_only_fields(client, ann, mia):
@@ -160,7 +153,7 @@ def test_get_unknown_entry_is_404(client, ann):
 
 
 def test_others_entry_is_404_for_get_patch_and_delete(client, ann, bob):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     path = f"/timesheets/{entry['id']}"
     assert client.get(path, headers=bob).status_code == 404
     assert client.patch(path, json={"hours": 1}, headers=bob).status_code == 404
@@ -169,7 +162,7 @@ def test_others_entry_is_404_for_get_patch_and_delete(client, ann, bob):
 
 
 def test_others_entry_404_is_indistinguishable_from_unknown(client, ann, bob):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     theirs = client.get(f"/timesheets/{entry['id']}", headers=bob)
     unknown = client.get(f"/timesheets/{entry['id'] + 1000}", headers=bob)
     assert theirs.status_code == unknown.status_code == 404
@@ -194,18 +187,18 @@ def test_list_without_entries_is_empty_array(client, ann):
 
 
 def test_list_shows_only_own_entries_oldest_first(client, ann, bob):
-    late = _create(client, ann, date="2017-07-12")
-    early = _create(client, ann, date="2017-07-10")
-    _create(client, bob, date="2017-07-11")
-    same_day = _create(client, ann, date="2017-07-10", hours=1)
-    middle = _create(client, ann, date="2017-07-11")
+    late = create_entry(client, ann, date="2017-07-12")
+    early = create_entry(client, ann, date="2017-07-10")
+    create_entry(client, bob, date="2017-07-11")
+    same_day = create_entry(client, ann, date="2017-07-10", hours=1)
+    middle = create_entry(client, ann, date="2017-07-11")
     listed = client.get("/timesheets", headers=ann)
     assert _ids(listed) == [early["id"], same_day["id"], middle["id"], late["id"]]
     assert listed.json()[0] == early
 
 
 def test_list_filters_by_date_range_inclusive(client, ann):
-    ids = {day: _create(client, ann, date=f"2017-07-{day:02d}")["id"] for day in range(8, 14)}
+    ids = {day: create_entry(client, ann, date=f"2017-07-{day:02d}")["id"] for day in range(8, 14)}
     assert _ids(client.get("/timesheets?from=2017-07-10", headers=ann)) == [
         ids[d] for d in (10, 11, 12, 13)
     ]
@@ -220,17 +213,17 @@ def test_list_filters_by_date_range_inclusive(client, ann):
 
 
 def test_list_filters_by_project_exactly(client, ann):
-    store = _create(client, ann, project="StoreZero")
-    other = _create(client, ann, project="Store Zero", date="2017-07-11")
+    store = create_entry(client, ann, project="StoreZero")
+    other = create_entry(client, ann, project="Store Zero", date="2017-07-11")
     assert _ids(client.get("/timesheets?project=StoreZero", headers=ann)) == [store["id"]]
     assert _ids(client.get("/timesheets?project=Store%20Zero", headers=ann)) == [other["id"]]
     assert _ids(client.get("/timesheets?project=store", headers=ann)) == []
 
 
 def test_list_filters_by_status(client, ann, mia):
-    pending = _create(client, ann, date="2017-07-10")
-    approved = _create(client, ann, date="2017-07-11")
-    rejected = _create(client, ann, date="2017-07-12")
+    pending = create_entry(client, ann, date="2017-07-10")
+    approved = create_entry(client, ann, date="2017-07-11")
+    rejected = create_entry(client, ann, date="2017-07-12")
     assert client.put(f"/approvals/{approved['id']}", headers=mia).status_code == 200
     reject = client.post(f"/approvals/{rejected['id']}/reject", json={"reason": "no"}, headers=mia)
     assert reject.status_code == 200
@@ -242,7 +235,9 @@ def test_list_filters_by_status(client, ann, mia):
 
 
 def test_list_pages_follow_link_until_done(client, ann):
-    ids = [_create(client, ann, date=f"2017-07-{day:02d}", hours=1)["id"] for day in range(1, 8)]
+    ids = [
+        create_entry(client, ann, date=f"2017-07-{day:02d}", hours=1)["id"] for day in range(1, 8)
+    ]
     pages, links = _all_pages(client, ann, "/timesheets?limit=3")
     assert pages == [ids[0:3], ids[3:6], ids[6:7]]
     assert len(links) == 2 and all("limit=3" in link and "cursor=" in link for link in links)
@@ -251,8 +246,8 @@ def test_list_pages_follow_link_until_done(client, ann):
 def test_list_pages_keep_filters_and_same_day_entries(client, ann):
     for day in (9, 10, 11):
         for hours in (1, 2, 3):
-            _create(client, ann, date=f"2017-07-{day:02d}", hours=hours)
-        _create(client, ann, date=f"2017-07-{day:02d}", project="Other", hours=4)
+            create_entry(client, ann, date=f"2017-07-{day:02d}", hours=hours)
+        create_entry(client, ann, date=f"2017-07-{day:02d}", project="Other", hours=4)
     expected = _ids(client.get("/timesheets?project=StoreZero&from=2017-07-10", headers=ann))
     assert len(expected) == 6
     pages, links = _all_pages(client, ann, "/timesheets?project=StoreZero&from=2017-07-10&limit=4")
@@ -261,7 +256,9 @@ def test_list_pages_keep_filters_and_same_day_entries(client, ann):
 
 
 def test_list_with_exact_multiple_of_limit_has_no_empty_page(client, ann):
-    ids = [_create(client, ann, date=f"2017-07-{day:02d}", hours=1)["id"] for day in range(1, 5)]
+    ids = [
+        create_entry(client, ann, date=f"2017-07-{day:02d}", hours=1)["id"] for day in range(1, 5)
+    ]
     pages, _ = _all_pages(client, ann, "/timesheets?limit=2")
     assert pages == [ids[:2], ids[2:]]
 
@@ -295,7 +292,7 @@ def test_list_without_limit_returns_everything_up_to_the_cap(client, ann, import
 
 
 def test_patch_pending_entry_changes_given_fields(client, ann):
-    entry = _create(client, ann, notes="first")
+    entry = create_entry(client, ann, notes="first")
     response = client.patch(
         f"/timesheets/{entry['id']}", json={"hours": "6.25", "project": "New"}, headers=ann
     )
@@ -313,7 +310,7 @@ def test_patch_pending_entry_changes_given_fields(client, ann):
 
 
 def test_patch_can_clear_notes_and_move_date(client, ann):
-    entry = _create(client, ann, notes="to be removed")
+    entry = create_entry(client, ann, notes="to be removed")
     updated = client.patch(
         f"/timesheets/{entry['id']}",
         json={"notes": "", "date": "Tue Jul 11 09:00:00 PDT 2017"},
@@ -323,7 +320,7 @@ def test_patch_can_clear_notes_and_move_date(client, ann):
 
 
 def test_patch_with_form_body_succeeds(client, ann):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.patch(
         f"/timesheets/{entry['id']}",
         content=b"hours=3",
@@ -334,7 +331,7 @@ def test_patch_with_form_body_succeeds(client, ann):
 
 
 def test_patch_ignores_read_only_fields(client, ann):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.patch(
         f"/timesheets/{entry['id']}",
         json={
@@ -357,7 +354,7 @@ def test_patch_ignores_read_only_fields(client, ann):
 
 
 def test_patch_rejected_entry_returns_it_to_pending(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     rejected = client.post(
         f"/approvals/{entry['id']}/reject", json={"reason": "wrong project"}, headers=mia
     ).json()
@@ -374,7 +371,7 @@ def test_patch_rejected_entry_returns_it_to_pending(client, ann, mia):
 
 
 def test_patch_approved_entry_is_409(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     approved = client.put(f"/approvals/{entry['id']}", headers=mia).json()
     response = client.patch(f"/timesheets/{entry['id']}", json={"hours": 1}, headers=ann)
     assert response.status_code == 409
@@ -383,8 +380,8 @@ def test_patch_approved_entry_is_409(client, ann, mia):
 
 
 def test_patch_within_cap_does_not_count_the_entry_twice(client, ann):
-    first = _create(client, ann, hours=12)
-    _create(client, ann, hours=12)
+    first = create_entry(client, ann, hours=12)
+    create_entry(client, ann, hours=12)
     response = client.patch(
         f"/timesheets/{first['id']}", json={"hours": 12, "notes": "same"}, headers=ann
     )
@@ -399,8 +396,8 @@ def test_patch_within_cap_does_not_count_the_entry_twice(client, ann):
 
 
 def test_delete_pending_entry_is_204(client, ann):
-    keep = _create(client, ann, date="2017-07-11")
-    entry = _create(client, ann)
+    keep = create_entry(client, ann, date="2017-07-11")
+    entry = create_entry(client, ann)
     response = client.delete(f"/timesheets/{entry['id']}", headers=ann)
     assert response.status_code == 204
     assert response.content == b""
@@ -410,13 +407,13 @@ def test_delete_pending_entry_is_204(client, ann):
 
 
 def test_delete_rejected_entry_is_204(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     client.post(f"/approvals/{entry['id']}/reject", json={"reason": "no"}, headers=mia)
     assert client.delete(f"/timesheets/{entry['id']}", headers=ann).status_code == 204
 
 
 def test_delete_approved_entry_is_409(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     client.put(f"/approvals/{entry['id']}", headers=mia)
     response = client.delete(f"/timesheets/{entry['id']}", headers=ann)
     assert response.status_code == 409
@@ -424,25 +421,25 @@ def test_delete_approved_entry_is_409(client, ann, mia):
 
 
 def test_ids_are_not_reused_after_delete(client, ann):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     client.delete(f"/timesheets/{entry['id']}", headers=ann)
-    assert _create(client, ann)["id"] > entry["id"]
+    assert create_entry(client, ann)["id"] > entry["id"]
 
 
 def test_delete_frees_hours_of_the_day(client, ann):
-    full = _create(client, ann, hours=24)
+    full = create_entry(client, ann, hours=24)
     assert client.post("/timesheets", json={**ENTRY, "hours": 1}, headers=ann).status_code == 422
     client.delete(f"/timesheets/{full['id']}", headers=ann)
-    _create(client, ann, hours=1)
+    create_entry(client, ann, hours=1)
 
 
 # --- the daily cap ------------------------------------------------------------------------------
 
 
 def test_daily_cap_allows_exactly_24_hours(client, ann):
-    _create(client, ann, hours=7.5)
-    _create(client, ann, hours=16.49)
-    _create(client, ann, hours=0.01)
+    create_entry(client, ann, hours=7.5)
+    create_entry(client, ann, hours=16.49)
+    create_entry(client, ann, hours=0.01)
     response = client.post("/timesheets", json={**ENTRY, "hours": 0.01}, headers=ann)
     assert response.status_code == 422
     assert [error["field"] for error in response.json()["errors"]] == ["hours"]
@@ -452,8 +449,8 @@ def test_daily_cap_allows_exactly_24_hours(client, ann):
 
 
 def test_daily_cap_refuses_24_01_hours(client, ann):
-    _create(client, ann, hours=24)
-    _create(client, ann, hours=0.01, date="2017-07-11")
+    create_entry(client, ann, hours=24)
+    create_entry(client, ann, hours=0.01, date="2017-07-11")
     assert client.post("/timesheets", json={**ENTRY, "hours": 0.01}, headers=ann).status_code == 422
     response = client.patch(
         f"/timesheets/{_ids(client.get('/timesheets', headers=ann))[1]}",
@@ -464,10 +461,10 @@ def test_daily_cap_refuses_24_01_hours(client, ann):
 
 
 def test_daily_cap_is_per_user_and_per_date(client, ann, bob, importer):
-    _create(client, ann, hours=24)
-    _create(client, bob, hours=24)
-    _create(client, ann, hours=24, date="2017-07-11")
-    _create(client, ann, hours=24, date="2017-07-09")
+    create_entry(client, ann, hours=24)
+    create_entry(client, bob, hours=24)
+    create_entry(client, ann, hours=24, date="2017-07-11")
+    create_entry(client, ann, hours=24, date="2017-07-09")
     _upload(client, importer, [{**ENTRY, "user_id": "007", "hours": 24}])
     refused = client.post(
         "/timesheets/upload",
@@ -479,12 +476,12 @@ def test_daily_cap_is_per_user_and_per_date(client, ann, bob, importer):
 
 
 def test_daily_cap_counts_approved_and_rejected_entries(client, ann, mia):
-    approved = _create(client, ann, hours=10)
-    rejected = _create(client, ann, hours=10)
+    approved = create_entry(client, ann, hours=10)
+    rejected = create_entry(client, ann, hours=10)
     client.put(f"/approvals/{approved['id']}", headers=mia)
     client.post(f"/approvals/{rejected['id']}/reject", json={"reason": "no"}, headers=mia)
     assert client.post("/timesheets", json={**ENTRY, "hours": 4.01}, headers=ann).status_code == 422
-    _create(client, ann, hours=4)
+    create_entry(client, ann, hours=4)
 
 
 def test_stored_documents_match_the_columns_after_every_kind_of_write(client, ann, mia, importer):

@@ -1,18 +1,11 @@
 """Reopening decided entries, and the approval lock on every path that changes an entry: an
 approved entry is immutable to its owner (edit, delete, upload by external_ref)."""
 
-from ..conftest import ENTRY
-
-
-def _create(client, headers, **fields) -> dict:
-    response = client.post("/timesheets", json={**ENTRY, **fields}, headers=headers)
-    assert response.status_code == 201, response.text
-    entry: dict = response.json()
-    return entry
+from ..conftest import ENTRY, create_entry
 
 
 def _approved(client, owner, approver, **fields) -> dict:
-    entry = _create(client, owner, **fields)
+    entry = create_entry(client, owner, **fields)
     response = client.put(f"/approvals/{entry['id']}", headers=approver)
     assert response.status_code == 200
     approved: dict = response.json()
@@ -41,7 +34,7 @@ def test_reopen_approved_entry_returns_it_to_pending(client, ann, mia):
 
 
 def test_reopen_rejected_entry_returns_it_to_pending(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     client.post(f"/approvals/{entry['id']}/reject", json={"reason": "no"}, headers=mia)
 
     response = client.post(f"/approvals/{entry['id']}/reopen", json={"reason": "ok"}, headers=mia)
@@ -51,7 +44,7 @@ def test_reopen_rejected_entry_returns_it_to_pending(client, ann, mia):
 
 
 def test_reopen_pending_entry_is_409(client, ann, mia):
-    entry = _create(client, ann)
+    entry = create_entry(client, ann)
     response = client.post(f"/approvals/{entry['id']}/reopen", json={"reason": "x"}, headers=mia)
     assert response.status_code == 409
 

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from .. import audit, service, uploads
 from ..api import etag, if_match, none_match, operation, path_id, query_date, query_timestamp
 from ..auth import Principal
+from ..db import utc_text
 from ..errors import PayloadTooLarge, ValidationFailed
 from ..http import JSONResponse, document_response, documents_response, read_payload
 from ..schemas import (
@@ -147,7 +148,7 @@ async def _list_changes(request: Request, principal: Principal) -> Response:
         request.app.state.db, user_id=principal.user_id, since=since, page=page
     )
     response = paged_response(request, changes, page)
-    response.headers["X-Sync-Timestamp"] = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    response.headers["X-Sync-Timestamp"] = utc_text(now)
     return response
 
 
