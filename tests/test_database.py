@@ -1,8 +1,10 @@
 """The database layer's own promises, beyond what the API tests see."""
 
 import asyncio
+import sqlite3
 
 import asyncpg
+import pytest
 
 from timesheets import db
 
@@ -17,7 +19,7 @@ def test_postgres_connections_go_to_waiting_requests_first_come_first_served(pos
             async def ask(name: str) -> None:
                 connection = await database._acquire()
                 served.append(name)
-                await database._release(connection)
+                database._release(connection)
 
             waiting = []
             for name in ("first", "second", "third"):
@@ -26,11 +28,10 @@ def test_postgres_connections_go_to_waiting_requests_first_come_first_served(pos
             for connection in held[:-1]:
                 # A newcomer that asks while a connection is being given back must not take it
                 # from those already waiting (asyncpg's own pool lets it).
-                waiting.append(asyncio.ensure_future(database._release(connection)))
-                await asyncio.sleep(0)
+                database._release(connection)
                 waiting.append(asyncio.ensure_future(ask("newcomer")))
             await asyncio.wait_for(asyncio.gather(*waiting), 5)
-            await database._release(held[-1])
+            database._release(held[-1])
         finally:
             await database.close()
         return served
@@ -58,3 +59,143 @@ def test_the_daily_cap_reads_one_day_through_the_date_index_on_postgres(postgres
             await connection.close()
 
     assert "ix_entry_user_date" in asyncio.run(plan())
+
+
+def _held_elsewhere(path: str) -> sqlite3.Connection:
+    """Another process's view of the database: a connection of its own holding the write lock."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES ('other')")
+    return other
+
+
+def _sqlite_file(tmp_path) -> str:
+    path = str(tmp_path / "shared.db")
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE t (name TEXT)")
+    return path
+
+
+def test_a_sqlite_writer_waits_for_another_process_while_its_own_requests_go_on(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> tuple[int, list[str]]:
+        database = db.SqliteDatabase(path)
+        other = _held_elsewhere(path)
+
+        async def write() -> None:
+            async with database.transaction() as tx:
+                await tx.fetch_all("INSERT INTO t VALUES ('ours')")
+
+        writer = asyncio.ensure_future(write())
+        turns = 0
+        for _ in range(20):  # 0.2 s of other work while the writer waits for the lock
+            await asyncio.sleep(0.01)
+            await database.fetch_all("SELECT count(*) FROM t")  # readers are not held up
+            turns += 1
+        assert not writer.done()
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(writer, 2)
+        names = [row[0] for row in await database.fetch_all("SELECT name FROM t ORDER BY rowid")]
+        await database.close()
+        return turns, names
+
+    turns, names = asyncio.run(scenario())
+
+    assert turns == 20
+    assert names == ["other", "ours"]
+
+
+def test_a_sqlite_writer_gives_up_with_unavailable_when_the_lock_stays_taken(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> list[str]:
+        database = db.SqliteDatabase(path, busy_timeout=0.2)
+        other = _held_elsewhere(path)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(db.DatabaseUnavailable):
+            async with database.transaction() as tx:
+                await tx.fetch_all("INSERT INTO t VALUES ('refused')")
+        assert 0.2 <= asyncio.get_running_loop().time() - started < 2
+        other.execute("ROLLBACK")
+        other.close()
+        async with database.transaction() as tx:  # the lock is free again: writes go through
+            await tx.fetch_all("INSERT INTO t VALUES ('later')")
+        names = [row[0] for row in await database.fetch_all("SELECT name FROM t")]
+        await database.close()
+        return names
+
+    assert asyncio.run(scenario()) == ["later"]
+
+
+def _backend(rows) -> int:
+    return int(rows[0][0])
+
+
+def test_a_postgres_connection_the_server_closed_is_replaced_not_handed_out(postgres_database):
+    async def scenario() -> tuple[int, int]:
+        database = await db.connect(postgres_database)
+        try:
+            first = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+            admin = await asyncpg.connect(postgres_database)
+            await admin.fetch("SELECT pg_terminate_backend($1)", first)
+            await admin.close()
+            await asyncio.sleep(0.2)  # the goodbye reaches the idle connection
+            second = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+        finally:
+            await database.close()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+
+    assert first != second
+
+
+def test_a_refused_postgres_statement_leaves_its_connection_in_service(postgres_database):
+    async def scenario() -> tuple[int, int]:
+        database = await db.connect(postgres_database)
+        try:
+            first = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                await database.fetch_all("SELECT 1 / 0")
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                async with database.transaction() as tx:
+                    await tx.fetch_all("SELECT 1 / 0")
+            second = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+        finally:
+            await database.close()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+
+    assert first == second
+
+
+def test_a_cancelled_postgres_transaction_closes_its_connection_and_frees_its_turn(
+    postgres_database,
+):
+    async def scenario() -> tuple[int, int, bool]:
+        database = await db.connect(postgres_database)
+        try:
+            first = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+
+            async def slow() -> None:
+                async with database.transaction() as tx:
+                    await tx.fetch_all("SELECT pg_sleep(5)")
+
+            task = asyncio.ensure_future(slow())
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            second = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+            all_free = not database._turns.locked() and database._turns._value == db.POOL_SIZE
+        finally:
+            await database.close()
+        return first, second, all_free
+
+    first, second, all_free = asyncio.run(scenario())
+
+    assert first != second  # the cancelled one was in the middle of a statement: not reused
+    assert all_free

@@ -7,25 +7,27 @@ does (see bench/README.md); SQLAlchemy is kept for what it is best at here, the 
 SQLite runs on the event loop thread: its statements take microseconds, WAL lets readers proceed
 beside the single writer, and one connection per process serialises writes without a thread hop.
 Transactions are `BEGIN IMMEDIATE`, so a read-then-write (the daily cap) cannot interleave with
-another writer, in this process or another.
+another writer, in this process or another. While another process holds the write lock, a writer
+waits on the event loop (`_unless_busy`), not in SQLite's busy handler, which sleeps the thread and
+with it every other request of this process.
 """
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
 from .errors import DatabaseUnavailable
 
 Row = Sequence[Any]
+T = TypeVar("T")
 Params = Mapping[str, Any]
 
 
@@ -94,15 +96,51 @@ def _sqlite_params(params: Params | None) -> dict[str, Any]:
     return {name: _sqlite_value(value) for name, value in (params or {}).items()}
 
 
+# How long a statement waits for another process to let go of the database (then 503), and the
+# longest pause between two tries.
+BUSY_TIMEOUT = 5.0
+_BUSY_PAUSE = 0.002
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY and its extended codes: another connection holds the lock we need."""
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
+async def _unless_busy(statement: Callable[[], T], timeout: float) -> T:
+    """`statement()`, tried again while another process holds a lock it needs, for `timeout`.
+
+    The pauses are `asyncio.sleep`s, so the process serves its other requests meanwhile. A busy
+    statement took no effect (SQLite undoes a failed statement), so trying it again is safe.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pause = _BUSY_PAUSE / 8
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or loop.time() >= deadline:
+                raise DatabaseUnavailable() from exc
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _BUSY_PAUSE)
+
+
 class _SqliteConnection:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, busy_timeout: float) -> None:
         self._connection = connection
+        self._busy_timeout = busy_timeout
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        values = _sqlite_params(params)
         try:
-            return self._connection.execute(sql, _sqlite_params(params)).fetchall()
+            return self._connection.execute(sql, values).fetchall()
         except sqlite3.OperationalError as exc:
-            raise DatabaseUnavailable() from exc
+            if not _is_busy(exc):
+                raise DatabaseUnavailable() from exc
+        return await _unless_busy(
+            lambda: self._connection.execute(sql, values).fetchall(), self._busy_timeout
+        )
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
         rows = await self.fetch_all(sql, params)
@@ -124,24 +162,27 @@ class _SqliteConnection:
 class SqliteDatabase(_SqliteConnection):
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Workers starting together may wait for each other here (once, before serving); from
+        # then on SQLite's own busy handler is off and _unless_busy waits instead.
+        connection = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        )
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA busy_timeout=5000")
         connection.execute("PRAGMA foreign_keys=ON")
-        super().__init__(connection)
+        connection.execute("PRAGMA busy_timeout=0")
+        super().__init__(connection, busy_timeout)
         self._write_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteConnection]:
         async with self._write_lock:
-            try:
-                self._connection.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise DatabaseUnavailable() from exc
+            await _unless_busy(
+                lambda: self._connection.execute("BEGIN IMMEDIATE"), self._busy_timeout
+            )
             try:
                 yield self
             except BaseException:
@@ -198,17 +239,21 @@ def _args(names: tuple[str, ...], params: Params | None) -> list[Any]:
     return [params[name] for name in names] if params else []
 
 
+async def _fetch(connection: Any, sql: str, params: Params | None) -> list[Row]:
+    query, names = _positional(sql)
+    try:
+        rows: list[Row] = await connection.fetch(query, *_args(names, params))
+    except _UNAVAILABLE as exc:
+        raise DatabaseUnavailable() from exc
+    return rows
+
+
 class _PostgresConnection:
     def __init__(self, connection: Any) -> None:
         self._connection = connection
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
-        query, names = _positional(sql)
-        try:
-            rows: list[Row] = await self._connection.fetch(query, *_args(names, params))
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable() from exc
-        return rows
+        return await _fetch(self._connection, sql, params)
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
         rows = await self.fetch_all(sql, params)
@@ -226,73 +271,73 @@ class _PostgresConnection:
         return int(rows[0][0])
 
 
-async def _keep_session(connection: Any) -> None:
-    pass
-
-
-def _discard(connection: Any) -> None:
-    """Closes a connection that failed, so that the pool opens a new one instead of reusing it."""
-    with contextlib.suppress(asyncpg.InterfaceError):  # the pool may have let it go already
-        connection.terminate()
-
-
-class PostgresDatabase(_PostgresConnection):
-    """A pool of connections, handed out in the order requests asked for them.
+class PostgresDatabase:
+    """Up to POOL_SIZE connections, opened when needed and handed out in the order requests asked.
 
     asyncpg's pool lets a newcomer take a connection that was just released to a request already
     waiting, which then queues again at the back: under load some requests waited hundreds of
-    milliseconds (bench/README.md). A semaphore as wide as the pool keeps the line instead (first
-    come, first served), and bounds the wait; the pool itself then never makes anyone wait.
+    milliseconds (bench/README.md). It also spends a task, a timeout and an inactivity timer on
+    every release, to reset session state that this service never leaves behind (its advisory
+    locks end with their transactions). So the pool is this: a semaphore as wide as the pool
+    keeps the line (first come, first served) and bounds the wait; idle connections wait in a
+    list. A connection that failed, was cancelled or is still inside a transaction is closed,
+    never handed out again; the next request opens a new one.
     """
 
     dialect = "postgresql"
 
-    def __init__(self, pool: Any) -> None:
-        super().__init__(pool)
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
         self._turns = asyncio.Semaphore(POOL_SIZE)
+        self._idle: list[Any] = []
+        self._lent: set[Any] = set()
 
     @classmethod
     async def open(cls, dsn: str) -> "PostgresDatabase":
-        # min_size=0: start even while the database is down; requests then get 503, not a crash.
-        # reset: our transactions leave no session state behind (their advisory locks end with
-        # them), so the default reset, a round trip on every release, would buy nothing.
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=0,
-            max_size=POOL_SIZE,
-            timeout=CONNECT_TIMEOUT,
-            command_timeout=COMMAND_TIMEOUT,
-            reset=_keep_session,
-        )
-        return cls(pool)
+        # Connections open on demand: the service starts even while the database is down, and
+        # requests then get 503, not a crash.
+        return cls(dsn)
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
-        """One statement outside any transaction, as the pool's own `fetch`, but bounded."""
-        query, names = _positional(sql)
+        """One statement outside any transaction."""
         connection = await self._acquire()
+        reusable = False
         try:
-            rows: list[Row] = await connection.fetch(query, *_args(names, params))
-        except _UNAVAILABLE as exc:
-            _discard(connection)
-            raise DatabaseUnavailable() from exc
+            rows = await _fetch(connection, sql, params)
+        except DatabaseUnavailable:
+            raise
+        except Exception:  # the server refused the statement: the session can serve again
+            reusable = True
+            raise
+        else:
+            reusable = True
         finally:
-            await self._release(connection)
+            self._release(connection, reusable=reusable)
         return rows
+
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresConnection]:
         connection = await self._acquire()
+        reusable = False
         try:
             async with connection.transaction():
                 yield _PostgresConnection(connection)
-        except DatabaseUnavailable:
-            _discard(connection)
-            raise
+            reusable = True
         except _UNAVAILABLE as exc:
-            _discard(connection)
             raise DatabaseUnavailable() from exc
+        except DatabaseUnavailable:
+            raise
+        except Exception:  # rolled back: the session can serve again
+            reusable = True
+            raise
+        else:
+            reusable = True
         finally:
-            await self._release(connection)
+            self._release(connection, reusable=reusable)
 
     async def _acquire(self) -> Any:
         if self._turns.locked():  # every connection is busy: wait in line, but not for ever
@@ -304,21 +349,45 @@ class PostgresDatabase(_PostgresConnection):
         else:
             await self._turns.acquire()  # free: returns at once
         try:
-            return await self._connection.acquire()  # a connection is free, or opens (bounded)
+            connection = self._take_idle() or await self._connect()
         except BaseException as exc:
             self._turns.release()
             if isinstance(exc, _UNAVAILABLE):
                 raise DatabaseUnavailable() from exc
             raise
+        self._lent.add(connection)
+        return connection
 
-    async def _release(self, connection: Any) -> None:
-        try:
-            await self._connection.release(connection, timeout=CLOSE_TIMEOUT)
-        finally:
-            self._turns.release()
+    def _take_idle(self) -> Any:
+        """The connection used last that is still open (the server may have closed some)."""
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.is_closed():
+                return connection
+        return None
+
+    async def _connect(self) -> Any:
+        return await asyncpg.connect(
+            self._dsn, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
+        )
+
+    def _release(self, connection: Any, *, reusable: bool = True) -> None:
+        self._lent.discard(connection)
+        if reusable and not connection.is_closed() and not connection.is_in_transaction():
+            self._idle.append(connection)
+        else:
+            connection.terminate()
+        self._turns.release()
 
     async def close(self) -> None:
-        try:
-            await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT)
-        except (TimeoutError, *_UNAVAILABLE):
-            self._connection.terminate()  # a connection still busy or a database gone: cut off
+        """Closes the idle connections (politely, within CLOSE_TIMEOUT) and cuts off any still lent."""
+        idle, self._idle = self._idle, []
+        for connection in self._lent:
+            connection.terminate()
+        if idle:
+            closing = asyncio.gather(*(c.close() for c in idle), return_exceptions=True)
+            try:
+                await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+            except TimeoutError:
+                for connection in idle:
+                    connection.terminate()
