@@ -4,6 +4,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -12,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
 from . import db as database
@@ -131,6 +132,8 @@ def create_app(
             Exception: _render_unexpected,
         },
     )
+    app.router = _Router(routes, lifespan=lifespan)  # the same routes; Starlette builds its
+    # middleware around app.router at the first request
     app.state.settings = settings
     app.state.telemetry = telemetry
     app.state.openapi = build_openapi(OPERATIONS)
@@ -156,6 +159,38 @@ class _CorsMiddleware(CORSMiddleware):
             await send(message)
 
         await self.app(scope, receive, send_with_vary)
+
+
+class _Router(Router):
+    """Starlette's router, which tries each route in turn, with a shortcut: a request for a path
+    without parameters goes straight to its route when that route is the one the walk would pick
+    (worked out once, here): `/healthz`, after every operation, was 15 regular-expression matches
+    away. Everything else (parameters, 405, redirects, 404) takes the walk as before."""
+
+    def __init__(self, routes: list[BaseRoute], *, lifespan: Any) -> None:
+        super().__init__(routes, lifespan=lifespan)
+        self._exact: dict[tuple[str, str], Route] = {}
+        for route in routes:
+            if isinstance(route, Route) and not route.param_convertors:
+                for method in route.methods or ():
+                    if self._first_full_match(route.path, method) is route:
+                        self._exact[(route.path, method)] = route
+
+    def _first_full_match(self, path: str, method: str) -> BaseRoute | None:
+        scope = {"type": "http", "path": path, "root_path": "", "method": method}
+        return next((r for r in self.routes if r.matches(scope)[0] is Match.FULL), None)
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            route = self._exact.get((scope["path"], scope["method"]))
+            if route is not None:
+                scope.setdefault("router", self)
+                scope["route"] = route
+                scope["endpoint"] = route.endpoint
+                scope["path_params"] = dict(scope.get("path_params", {}))
+                await route.handle(scope, receive, send)
+                return
+        await super().app(scope, receive, send)
 
 
 def create_app_from_env() -> Starlette:

@@ -1,0 +1,64 @@
+"""The router's shortcut for paths without parameters picks what Starlette's walk would pick."""
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from timesheets.app import _Router
+
+
+def _named(name: str):
+    async def endpoint(request: Request) -> Response:
+        route = request.scope["route"].path
+        return PlainTextResponse(f"{name} {route} {dict(request.path_params)}")
+
+    return endpoint
+
+
+def _client() -> TestClient:
+    routes = [
+        Route("/entries/{entry_id}", _named("one"), methods=["GET"]),
+        Route("/entries/latest", _named("latest"), methods=["GET", "POST"]),
+        Route("/healthz", _named("health"), methods=["GET"]),
+    ]
+    app = Starlette()
+    app.router = _Router(routes, lifespan=None)
+    return TestClient(app)
+
+
+def test_a_path_that_an_earlier_route_with_parameters_matches_goes_to_that_route():
+    client = _client()
+
+    answer = client.get("/entries/latest")
+
+    assert answer.text == "one /entries/{entry_id} {'entry_id': 'latest'}"
+    assert set(client.app.router._exact) == {  # the shortcuts taken
+        ("/entries/latest", "POST"),
+        ("/healthz", "GET"),
+        ("/healthz", "HEAD"),
+    }
+
+
+def test_a_path_without_parameters_goes_to_its_own_route_for_its_other_methods():
+    client = _client()
+
+    assert client.post("/entries/latest").text == "latest /entries/latest {}"
+    assert client.get("/healthz").text == "health /healthz {}"
+    assert client.head("/healthz").status_code == 200
+
+
+def test_other_methods_and_unknown_paths_still_get_405_and_404():
+    client = _client()
+
+    refused = client.delete("/healthz")
+    assert refused.status_code == 405
+    assert set(refused.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert client.get("/nowhere").status_code == 404
+
+
+def test_a_path_below_a_root_path_takes_the_walk():
+    client = TestClient(_client().app, root_path="/api")
+
+    assert client.get("/api/healthz").text == "health /healthz {}"
