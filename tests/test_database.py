@@ -199,3 +199,109 @@ def test_a_cancelled_postgres_transaction_closes_its_connection_and_frees_its_tu
 
     assert first != second  # the cancelled one was in the middle of a statement: not reused
     assert all_free
+
+
+def test_queued_sqlite_writers_each_wait_at_most_the_busy_timeout(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> list[float]:
+        database = db.SqliteDatabase(path, busy_timeout=0.3)
+        other = _held_elsewhere(path)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def write() -> float:
+            with pytest.raises(db.DatabaseUnavailable):
+                async with database.transaction() as tx:
+                    await tx.fetch_all("INSERT INTO t VALUES ('refused')")
+            return loop.time() - started
+
+        waited = await asyncio.gather(*(write() for _ in range(4)))
+        other.execute("ROLLBACK")
+        other.close()
+        await database.close()
+        return waited
+
+    waited = asyncio.run(scenario())
+
+    # Not 0.3, 0.6, 0.9, 1.2: the line for this process's turn counts against the same bound.
+    assert all(0.3 <= seconds < 0.6 for seconds in waited), waited
+
+
+def test_a_sqlite_commit_that_fails_leaves_no_transaction_behind(tmp_path):
+    path = str(tmp_path / "deferred.db")
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        setup.execute(
+            "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+    async def scenario() -> list[int]:
+        database = db.SqliteDatabase(path)
+        with pytest.raises(sqlite3.IntegrityError):  # checked only at COMMIT
+            async with database.transaction() as tx:
+                await tx.fetch_all("INSERT INTO child VALUES (42)")
+        async with database.transaction() as tx:  # not "within a transaction", not stuck
+            await tx.fetch_all("INSERT INTO parent VALUES (1)")
+            await tx.fetch_all("INSERT INTO child VALUES (1)")
+        rows = await database.fetch_all("SELECT parent_id FROM child")
+        await database.close()
+        return [row[0] for row in rows]
+
+    assert asyncio.run(scenario()) == [1]
+
+
+def test_a_sqlite_error_without_a_code_is_unavailable_not_a_crash(tmp_path):
+    async def scenario() -> None:
+        database = db.SqliteDatabase(_sqlite_file(tmp_path))
+        try:
+            with pytest.raises(db.DatabaseUnavailable):
+                await database.fetch_all("SELECT CAST(x'ff' AS TEXT)")  # not UTF-8
+        finally:
+            await database.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_postgres_database_that_cannot_be_reached_gives_every_turn_back():
+    async def scenario() -> bool:
+        database = db.PostgresDatabase("postgresql://postgres@127.0.0.1:1/none")
+        for _ in range(db.POOL_SIZE + 2):
+            with pytest.raises(db.DatabaseUnavailable):
+                await database.fetch_all("SELECT 1")
+        free = database._turns._value == db.POOL_SIZE
+        await database.close()
+        return free
+
+    assert asyncio.run(scenario())
+
+
+def test_a_closed_postgres_database_opens_no_more_connections(postgres_database):
+    async def scenario() -> None:
+        database = await db.connect(postgres_database)
+        await database.fetch_all("SELECT 1")
+        await database.close()
+        with pytest.raises(db.DatabaseUnavailable):
+            await database.fetch_all("SELECT 1")
+        assert database._idle == [] and database._lent == set()
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_postgres_connection_is_replaced_after_its_lifetime(postgres_database, monkeypatch):
+    async def scenario() -> tuple[int, int, int]:
+        database = await db.connect(postgres_database)
+        try:
+            first = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+            again = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+            monkeypatch.setattr(db, "IDLE_LIFETIME", 0.0)
+            later = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+        finally:
+            await database.close()
+        return first, again, later
+
+    first, again, later = asyncio.run(scenario())
+
+    assert first == again  # kept while fresh
+    assert later != first  # idle too long: closed, a new one opened

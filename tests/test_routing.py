@@ -3,7 +3,7 @@
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 from starlette.testclient import TestClient
 
 from timesheets.app import _Router
@@ -58,7 +58,21 @@ def test_other_methods_and_unknown_paths_still_get_405_and_404():
     assert client.get("/nowhere").status_code == 404
 
 
-def test_a_path_below_a_root_path_takes_the_walk():
-    client = TestClient(_client().app, root_path="/api")
+def test_only_paths_without_a_shortcut_take_the_walk(monkeypatch):
+    walks: list[str] = []
+    walk = Router.app
 
-    assert client.get("/api/healthz").text == "health /healthz {}"
+    async def counted(self, scope, receive, send):
+        walks.append(scope["path"])
+        await walk(self, scope, receive, send)
+
+    monkeypatch.setattr(Router, "app", counted)
+    client = _client()
+    below_root = TestClient(client.app, root_path="/api")
+
+    assert client.get("/healthz").text == "health /healthz {}"
+    assert client.post("/entries/latest").status_code == 200
+    assert walks == []
+    assert client.get("/entries/7").status_code == 200
+    assert below_root.get("/api/healthz").text == "health /healthz {}"
+    assert walks == ["/entries/7", "/api/healthz"]

@@ -17,6 +17,7 @@ import datetime as dt
 import functools
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -104,17 +105,22 @@ _BUSY_PAUSE = 0.002
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY and its extended codes: another connection holds the lock we need."""
-    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+    # Some of the module's own errors (a column that is not UTF-8) carry no code at all.
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
 
 
-async def _unless_busy(statement: Callable[[], T], timeout: float) -> T:
-    """`statement()`, tried again while another process holds a lock it needs, for `timeout`.
+def _deadline(timeout: float) -> float:
+    return asyncio.get_running_loop().time() + timeout
+
+
+async def _unless_busy(statement: Callable[[], T], deadline: float) -> T:
+    """`statement()`, tried again while another process holds a lock it needs, until `deadline`
+    (the event loop's time).
 
     The pauses are `asyncio.sleep`s, so the process serves its other requests meanwhile. A busy
     statement took no effect (SQLite undoes a failed statement), so trying it again is safe.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     pause = _BUSY_PAUSE / 8
     while True:
         try:
@@ -139,7 +145,7 @@ class _SqliteConnection:
             if not _is_busy(exc):
                 raise DatabaseUnavailable() from exc
         return await _unless_busy(
-            lambda: self._connection.execute(sql, values).fetchall(), self._busy_timeout
+            lambda: self._connection.execute(sql, values).fetchall(), _deadline(self._busy_timeout)
         )
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
@@ -179,17 +185,42 @@ class SqliteDatabase(_SqliteConnection):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteConnection]:
-        async with self._write_lock:
-            await _unless_busy(
-                lambda: self._connection.execute("BEGIN IMMEDIATE"), self._busy_timeout
-            )
+        """One writer at a time in this process, and across processes SQLite's write lock. The
+        wait for both together is bounded by the busy timeout (then 503), however long the line."""
+        deadline = _deadline(self._busy_timeout)
+        if self._write_lock.locked():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._write_lock.acquire()
+            except TimeoutError:
+                raise DatabaseUnavailable() from None
+        else:
+            await self._write_lock.acquire()  # free: returns at once
+        try:
+            await _unless_busy(lambda: self._connection.execute("BEGIN IMMEDIATE"), deadline)
             try:
                 yield self
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                self._rollback()
                 raise
-            else:
-                self._connection.execute("COMMIT")
+            await self._commit()
+        finally:
+            self._write_lock.release()
+
+    async def _commit(self) -> None:
+        """COMMIT, tried again while busy (SQLite allows that); when it fails for good the
+        transaction is rolled back, so that the connection never stays inside it."""
+        try:
+            await _unless_busy(
+                lambda: self._connection.execute("COMMIT"), _deadline(self._busy_timeout)
+            )
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self._connection.in_transaction:
+            self._connection.execute("ROLLBACK")
 
     async def close(self) -> None:
         self._connection.close()
@@ -219,6 +250,7 @@ ACQUIRE_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
 POOL_SIZE = 10
+IDLE_LIFETIME = 300.0  # seconds an idle connection is kept, as asyncpg's pool does
 
 
 @functools.lru_cache(maxsize=256)
@@ -289,8 +321,9 @@ class PostgresDatabase:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._turns = asyncio.Semaphore(POOL_SIZE)
-        self._idle: list[Any] = []
+        self._idle: list[tuple[Any, float]] = []  # (connection, when it was given back)
         self._lent: set[Any] = set()
+        self._closed = False
 
     @classmethod
     async def open(cls, dsn: str) -> "PostgresDatabase":
@@ -340,6 +373,8 @@ class PostgresDatabase:
             self._release(connection, reusable=reusable)
 
     async def _acquire(self) -> Any:
+        if self._closed:
+            raise DatabaseUnavailable()
         if self._turns.locked():  # every connection is busy: wait in line, but not for ever
             try:
                 async with asyncio.timeout(ACQUIRE_TIMEOUT):
@@ -359,11 +394,13 @@ class PostgresDatabase:
         return connection
 
     def _take_idle(self) -> Any:
-        """The connection used last that is still open (the server may have closed some)."""
+        """The connection used last that is still open (the server may have closed some) and
+        was idle for less than IDLE_LIFETIME (a firewall may have dropped it without a word)."""
         while self._idle:
-            connection = self._idle.pop()
-            if not connection.is_closed():
+            connection, since = self._idle.pop()
+            if not connection.is_closed() and time.monotonic() - since < IDLE_LIFETIME:
                 return connection
+            connection.terminate()
         return None
 
     async def _connect(self) -> Any:
@@ -373,15 +410,20 @@ class PostgresDatabase:
 
     def _release(self, connection: Any, *, reusable: bool = True) -> None:
         self._lent.discard(connection)
-        if reusable and not connection.is_closed() and not connection.is_in_transaction():
-            self._idle.append(connection)
-        else:
-            connection.terminate()
-        self._turns.release()
+        try:
+            keep = reusable and not self._closed
+            if keep and not connection.is_closed() and not connection.is_in_transaction():
+                self._idle.append((connection, time.monotonic()))
+            else:
+                connection.terminate()
+        finally:
+            self._turns.release()
 
     async def close(self) -> None:
         """Closes the idle connections (politely, within CLOSE_TIMEOUT) and cuts off any still lent."""
-        idle, self._idle = self._idle, []
+        self._closed = True
+        idle = [connection for connection, _ in self._idle]
+        self._idle = []
         for connection in self._lent:
             connection.terminate()
         if idle:
