@@ -113,6 +113,19 @@ def _deadline(timeout: float) -> float:
     return asyncio.get_running_loop().time() + timeout
 
 
+async def _take_turn(turns: asyncio.Lock | asyncio.Semaphore, deadline: float) -> None:
+    """Waits in line for `turns` until `deadline` (the event loop's time), then 503. When a turn
+    is free it is taken at once, without setting a timer."""
+    if not turns.locked():
+        await turns.acquire()
+        return
+    try:
+        async with asyncio.timeout_at(deadline):
+            await turns.acquire()
+    except TimeoutError:
+        raise DatabaseUnavailable() from None
+
+
 async def _unless_busy(statement: Callable[[], T], deadline: float) -> T:
     """`statement()`, tried again while another process holds a lock it needs, until `deadline`
     (the event loop's time).
@@ -188,14 +201,7 @@ class SqliteDatabase(_SqliteConnection):
         """One writer at a time in this process, and across processes SQLite's write lock. The
         wait for both together is bounded by the busy timeout (then 503), however long the line."""
         deadline = _deadline(self._busy_timeout)
-        if self._write_lock.locked():
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._write_lock.acquire()
-            except TimeoutError:
-                raise DatabaseUnavailable() from None
-        else:
-            await self._write_lock.acquire()  # free: returns at once
+        await _take_turn(self._write_lock, deadline)
         try:
             await _unless_busy(lambda: self._connection.execute("BEGIN IMMEDIATE"), deadline)
             try:
@@ -375,14 +381,7 @@ class PostgresDatabase:
     async def _acquire(self) -> Any:
         if self._closed:
             raise DatabaseUnavailable()
-        if self._turns.locked():  # every connection is busy: wait in line, but not for ever
-            try:
-                async with asyncio.timeout(ACQUIRE_TIMEOUT):
-                    await self._turns.acquire()
-            except TimeoutError:
-                raise DatabaseUnavailable() from None
-        else:
-            await self._turns.acquire()  # free: returns at once
+        await _take_turn(self._turns, _deadline(ACQUIRE_TIMEOUT))
         try:
             connection = self._take_idle() or await self._connect()
         except BaseException as exc:
