@@ -3,6 +3,7 @@ one PostgreSQL, several workers on SQLite, SIGTERM with requests in flight, a Po
 a cluster of the test's own, and the limits on bodies and headers."""
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -23,6 +24,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+
+from timesheets import listeners
 
 from .conftest import AUDIENCE, POSTGRES_URL, bearer
 from .keyserver import KeyServer
@@ -287,6 +290,37 @@ def test_sqlite_workers_never_answer_database_locked(serve, tmp_path, make_token
     assert len(set(created)) == len(created) == 8 * 16  # 16 × 1.5 h = 24 h per user, across workers
     assert all(a.body["error"] == "validation_failed" for a in refused)
     assert "database is locked" not in server.log()
+
+
+def _listening_sockets(port: int) -> int:
+    """How many sockets listen on `port` (IPv4), from the kernel's own table."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(
+        1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A"
+    )
+
+
+@pytest.mark.skipif(not listeners.OWN_LISTENERS, reason="SO_REUSEPORT groups are Linux's")
+def test_two_workers_listen_on_sockets_of_their_own_and_share_a_burst_of_connections(
+    serve, tmp_path
+):
+    server = started(serve(f"sqlite:///{tmp_path / 'spread.db'}", workers=2))
+    assert _listening_sockets(server.port) == 2
+
+    async def burst() -> list[str]:
+        clients = [
+            httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=5.0) for _ in range(40)
+        ]
+        try:  # 40 connections opened at once, as a load balancer's pool or wrk does
+            answers = await asyncio.gather(*(http.get("/healthz") for http in clients))
+        finally:
+            await asyncio.gather(*(http.aclose() for http in clients))
+        return [answer.headers["x-request-id"][:16] for answer in answers]
+
+    workers = collections.Counter(asyncio.run(burst()))  # request ids begin with the worker's
+
+    assert len(workers) == 2, workers
+    assert min(workers.values()) >= 8, workers  # spread by the kernel's hash, not all to one
 
 
 # --- 3. SIGTERM with requests in flight ---------------------------------------------------------

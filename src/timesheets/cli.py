@@ -1,14 +1,17 @@
 """The `timesheets` command: serve | dev | token | db upgrade."""
 
+import logging
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 import uvicorn
 
+from . import listeners
 from .config import (
     ConfigError,
     DatabaseSettings,
@@ -131,8 +134,7 @@ def _serve_metrics(port: int) -> None:
 
 def _run_uvicorn(factory: str, host: str, port: int, workers: int, log_format: str) -> None:
     settings = _settings()
-    uvicorn.run(
-        factory,
+    options: dict[str, Any] = dict(
         factory=True,
         host=host,
         port=port,
@@ -151,6 +153,29 @@ def _run_uvicorn(factory: str, host: str, port: int, workers: int, log_format: s
         # but its p99 is 100-360 ms against asyncio's 15-35 ms; asyncio is the default.
         loop=settings.event_loop,
     )
+    if workers > 1 and port != 0 and listeners.OWN_LISTENERS:
+        _run_workers_on_own_sockets(uvicorn.Config(factory, **options), host, port)
+    else:
+        uvicorn.run(factory, **options)
+
+
+def _run_workers_on_own_sockets(config: uvicorn.Config, host: str, port: int) -> None:
+    """uvicorn's supervisor, each worker on a socket of its own (listeners.py): on one shared
+    socket, one worker of two sometimes served 99 % of the benchmark's connections."""
+    from uvicorn.supervisors import Multiprocess
+
+    try:
+        listeners.check_port(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    logging.getLogger("timesheets").info(
+        "listening on %s:%d, %d workers, each on a socket of its own", host, port, config.workers
+    )
+    listener = listeners.OwnListener(host, port, config.backlog)
+    try:
+        Multiprocess(config, sockets=[listener]).run()  # type: ignore[list-item]
+    except KeyboardInterrupt:  # pragma: no cover (as uvicorn.run)
+        pass
 
 
 def _http_protocol() -> str:
