@@ -47,3 +47,36 @@ def test_a_free_port_passes_the_check_and_stays_free():
 
     with socket.create_server(("127.0.0.1", port)):  # nothing of the check is left on it
         pass
+
+
+def test_a_port_that_another_group_of_workers_shares_is_refused_too():
+    port = _free_port()
+    other = listeners.listen_reusing_port(("127.0.0.1", port), 16)  # another `serve`'s worker
+    try:
+        with pytest.raises(OSError):
+            listeners.check_port("127.0.0.1", port)
+    finally:
+        other.close()
+
+
+def test_a_worker_that_cannot_bind_exits_as_a_failed_start_not_a_crash_to_restart():
+    with socket.create_server(("127.0.0.1", 0)) as other:  # taken since the port was checked
+        port = other.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            listeners.listen_reusing_port(("127.0.0.1", port), 16)
+
+    assert exited.value.code == 3  # uvicorn's STARTUP_FAILURE: its supervisor stops
+
+
+def test_an_ipv6_host_keeps_the_systems_dual_stack_default():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        sock = listeners.listen_reusing_port(("::", 0), 16)
+    except SystemExit:
+        pytest.skip("no IPv6 address to bind here")
+    with sock:
+        default = socket.socket(socket.AF_INET6)
+        with default:
+            expected = default.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == expected

@@ -169,7 +169,9 @@ def _run_workers_on_own_sockets(config: uvicorn.Config, host: str, port: int) ->
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     logging.getLogger("timesheets").info(
-        "listening on %s:%d, %d workers, each on a socket of its own", host, port, config.workers
+        "listening on %s, %d workers, each on a socket of its own",
+        listeners.url(host, port),
+        config.workers,
     )
     listener = listeners.OwnListener(host, port, config.backlog)
     try:
