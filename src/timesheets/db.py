@@ -309,6 +309,14 @@ class _PostgresConnection:
         return int(rows[0][0])
 
 
+def _survives(exc: BaseException) -> bool:
+    """Whether a connection whose work ended in `exc` can serve again: yes after an error the
+    server sent (a refused statement, a rolled-back transaction) or one of ours; no when the
+    connection or the database failed, or the work was cancelled in the middle of a statement."""
+    unavailable = isinstance(exc, (DatabaseUnavailable, *_UNAVAILABLE))
+    return isinstance(exc, Exception) and not unavailable
+
+
 class PostgresDatabase:
     """Up to POOL_SIZE connections, opened when needed and handed out in the order requests asked.
 
@@ -340,18 +348,12 @@ class PostgresDatabase:
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
         """One statement outside any transaction."""
         connection = await self._acquire()
-        reusable = False
         try:
             rows = await _fetch(connection, sql, params)
-        except DatabaseUnavailable:
+        except BaseException as exc:
+            self._release(connection, reusable=_survives(exc))
             raise
-        except Exception:  # the server refused the statement: the session can serve again
-            reusable = True
-            raise
-        else:
-            reusable = True
-        finally:
-            self._release(connection, reusable=reusable)
+        self._release(connection)
         return rows
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
@@ -361,22 +363,15 @@ class PostgresDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresConnection]:
         connection = await self._acquire()
-        reusable = False
         try:
             async with connection.transaction():
                 yield _PostgresConnection(connection)
-            reusable = True
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable() from exc
-        except DatabaseUnavailable:
+        except BaseException as exc:
+            self._release(connection, reusable=_survives(exc))
+            if isinstance(exc, _UNAVAILABLE):
+                raise DatabaseUnavailable() from exc
             raise
-        except Exception:  # rolled back: the session can serve again
-            reusable = True
-            raise
-        else:
-            reusable = True
-        finally:
-            self._release(connection, reusable=reusable)
+        self._release(connection)
 
     async def _acquire(self) -> Any:
         if self._closed:
