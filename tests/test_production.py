@@ -305,6 +305,9 @@ def test_two_workers_listen_on_sockets_of_their_own_and_share_a_burst_of_connect
     serve, tmp_path
 ):
     server = started(serve(f"sqlite:///{tmp_path / 'spread.db'}", workers=2))
+    deadline = time.monotonic() + 10.0  # the first worker may answer before the second listens
+    while _listening_sockets(server.port) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert _listening_sockets(server.port) == 2
 
     async def burst() -> list[str]:
