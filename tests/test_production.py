@@ -755,6 +755,28 @@ def test_slow_request_heads_and_silent_connections_are_cut_off(serve, tmp_path):
 
 
 @pytest.mark.slow
+def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(serve, tmp_path):
+    server = started(serve(f"sqlite:///{tmp_path / 'idle.db'}"))
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    def exchange(sock: socket.socket) -> float:
+        sock.sendall(request)
+        reply = b""
+        while not reply.endswith(b'{"status":"ok"}'):
+            reply += sock.recv(65536)
+        assert _status(reply) == 200
+        return time.monotonic()
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15.0) as sock:
+        exchange(sock)
+        time.sleep(3.0)  # idle for less than the timeout (5 s): the connection still serves
+        answered = exchange(sock)
+        assert sock.recv(1024) == b""  # blocks until the server closes the connection
+        idle = time.monotonic() - answered
+    assert 4.8 <= idle < 7.5, idle
+
+
+@pytest.mark.slow
 def test_rate_limit_counts_across_two_serve_processes(serve, tmp_path, make_token):
     database = f"sqlite:///{tmp_path / 'limit.db'}"
     limit = "rate_limit_per_minute"

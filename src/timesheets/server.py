@@ -8,9 +8,11 @@ setting: a head that grows past it gets 431 and the connection is closed, before
 import asyncio
 import os
 import socket
+import weakref
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from .config import Settings
 
@@ -21,6 +23,38 @@ _DEFAULT_HEAD_TIMEOUT = Settings.model_fields["header_timeout_seconds"].default
 
 class _HeadTooLarge(Exception):
     pass
+
+
+class _KeepAliveSweep:
+    """Closes the server's kept-alive connections that stay idle past the keep-alive timeout.
+
+    uvicorn sets a timer when each response completes and cancels it when the next request
+    arrives: a timer object and a heap insertion a request, about a tenth of a cheap request's
+    CPU time. This timer runs a few times per timeout for all connections together, so an idle
+    connection is closed between the timeout and a quarter of it later.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, state: ServerState, timeout: float):
+        self._loop = loop
+        self._connections = state.connections
+        self._interval = min(1.0, timeout / 4)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._interval, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        for protocol in list(self._connections):
+            if isinstance(protocol, LimitedHttpToolsProtocol):
+                protocol.close_if_idle(now)
+        if self._connections:
+            self.start()
+
+
+_sweeps: "weakref.WeakKeyDictionary[ServerState, _KeepAliveSweep]" = weakref.WeakKeyDictionary()
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -43,6 +77,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             os.environ.get("TIMESHEETS_HEADER_TIMEOUT_SECONDS", _DEFAULT_HEAD_TIMEOUT)
         )
         self._head_timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # loop time the last response completed, if idle
 
     def connection_made(self, transport: Any) -> None:
         # `--workers N` binds its socket with proto 0, so asyncio leaves Nagle's algorithm on
@@ -55,12 +90,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 pass
         super().connection_made(transport)
         self._arm_head_timer()  # a new connection must send its first request head in time
+        sweep = _sweeps.get(self.server_state)
+        if sweep is None:
+            sweep = _sweeps[self.server_state] = _KeepAliveSweep(
+                self.loop, self.server_state, self.timeout_keep_alive
+            )
+        sweep.start()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._idle_since = None
         self._chunk_start = self._fed
         self._fed += len(data)
         super().data_received(data)
@@ -76,6 +118,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # Bytes that began no request (blank lines between requests): uvicorn has stopped its
             # keep-alive timer, so this one must see a head arrive in time.
             self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, except that an idle connection is left to the sweep instead of a timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = self.loop.time()
+
+    def close_if_idle(self, now: float) -> None:
+        """Closes the connection when no request has begun since the keep-alive timeout."""
+        if self._idle_since is not None and now - self._idle_since >= self.timeout_keep_alive:
+            self._idle_since = None
+            self.timeout_keep_alive_handler()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
