@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route, Router
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from . import db as database
 from .auth import AuthError, DevIssuer, TokenVerifier
@@ -115,7 +115,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(RequestLog, telemetry=telemetry, access_log=request_log),
+            Middleware(RequestLog, telemetry=telemetry, access_log=request_log, vary_origin=True),
             Middleware(
                 _CorsMiddleware,
                 allow_origins=list(settings.cors_origins),
@@ -141,24 +141,23 @@ def create_app(
 
 
 class _CorsMiddleware(CORSMiddleware):
-    """Starlette's CORS, with a short way for requests that name no Origin (phones, the batch
-    importer, other servers: most of them). The parent would read the headers into objects twice
-    to add only `Vary: Origin` to such a response; this adds just that (3 % of a cheap request)."""
+    """Starlette's CORS, for requests that name an Origin (browsers). The others (phones, the batch
+    importer, other servers: most requests) pass straight through: all CORS owes them is
+    `Vary: Origin`, which the request log outside adds in the pass it makes over every response
+    anyway (`RequestLog(vary_origin=True)`); a layer of its own cost 8 % of a cheap request."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or any(name == b"origin" for name, _ in scope["headers"]):
+        if scope["type"] == "http" and not _has_origin(scope["headers"]):
+            await self.app(scope, receive, send)
+        else:
             await super().__call__(scope, receive, send)
-            return
 
-        async def send_with_vary(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"vary"]
-                varies = [v for k, v in message.get("headers", ()) if k.lower() == b"vary"]
-                headers.append((b"vary", b", ".join([*varies, b"Origin"])))
-                message = {**message, "headers": headers}
-            await send(message)
 
-        await self.app(scope, receive, send_with_vary)
+def _has_origin(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, _ in headers:
+        if name == b"origin":
+            return True
+    return False
 
 
 class _Router(Router):

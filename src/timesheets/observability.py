@@ -175,10 +175,20 @@ class RequestLog:
     The token is never logged; the caller is, as the user id and client id the token proved.
     """
 
-    def __init__(self, app: ASGIApp, telemetry: Telemetry, access_log: AccessLog) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        telemetry: Telemetry,
+        access_log: AccessLog,
+        *,
+        vary_origin: bool = False,
+    ) -> None:
+        """With `vary_origin`, a response to a request without an Origin header gets
+        `Vary: Origin` (the CORS layer inside answers for requests with one)."""
         self.app = app
         self.telemetry = telemetry
         self.access_log = access_log
+        self._vary_origin = vary_origin
         # Generated request ids are unique, not secret: a random prefix per application (each
         # worker builds its own) and a counter cost a fraction of a uuid4 a request.
         self._id_prefix = os.urandom(8).hex()
@@ -189,16 +199,19 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope) or self._new_id()
+        given_id, has_origin = _scan(scope["headers"])
+        request_id = given_id or self._new_id()
+        added = [(b"x-request-id", request_id.encode())]
+        if self._vary_origin and not has_origin:
+            added.append((b"vary", b"Origin"))
         status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
+                # Each message is a new dict (Starlette's responses build one per send).
+                message["headers"] = [*message.get("headers", ()), *added]
             await send(message)
 
         try:
@@ -242,13 +255,13 @@ def _now() -> str:
     return f"{_second[1]}.{int(now % 1 * 1000):03d}Z"
 
 
-def _request_id(scope: Scope) -> str | None:
-    """The client's X-Request-ID when it is a sane token."""
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
+def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
+    """The client's X-Request-ID when it is a sane token, and whether the request names an Origin."""
+    request_id, origin = None, False
     for name, value in headers:
-        if name == b"x-request-id":
+        if name == b"x-request-id" and request_id is None:
             text = bytes(value).decode("latin-1")
-            if _REQUEST_ID.fullmatch(text):
-                return text
-            break
-    return None
+            request_id = text if _REQUEST_ID.fullmatch(text) else ""
+        elif name == b"origin":
+            origin = True
+    return request_id or None, origin

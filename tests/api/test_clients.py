@@ -5,6 +5,9 @@ import time
 
 import jwt
 import pytest
+from starlette.testclient import TestClient
+
+from timesheets.app import create_app
 
 from ..conftest import AUDIENCE, EMAIL_CLAIM, MANAGER, bearer
 
@@ -377,5 +380,15 @@ def test_importer_token_user_is_its_subject_not_an_email(client, importer, mia):
 def test_responses_to_requests_without_origin_vary_on_origin(client, ann):
     # Caches must not hand a response made for no Origin to a browser that sends one.
     for response in (client.get("/timesheets", headers=ann), client.get("/healthz")):
-        assert response.headers["Vary"] == "Origin"
+        assert response.headers.get_list("Vary") == ["Origin"]
         assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_responses_to_a_browser_of_a_listed_origin_vary_on_origin_once(settings, ann):
+    listed = settings.model_copy(update={"cors_origins": (SPA_ORIGIN,)})
+    with TestClient(create_app(listed, prefetch_keys=False)) as client:
+        response = client.get("/timesheets", headers={**ann, "Origin": SPA_ORIGIN})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == SPA_ORIGIN
+    assert response.headers.get_list("Vary") == ["Origin"]
+    assert response.headers["X-Request-ID"]
