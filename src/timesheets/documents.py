@@ -34,7 +34,7 @@ class Page:
 @dataclass(frozen=True, slots=True)
 class DocumentList:
     """Stored documents in list order, kept as the driver's rows: (body,) for lists by date, and
-    (id, change time, body) for sync (`full_timestamps`).
+    (id, change time, body) for sync (`full_timestamps`); the body as UTF-8 bytes.
 
     Lists read the body alone: two more columns cost a third more than the whole query
     (bench/README.md), and only a page's last entry needs its date and id, from its document.
@@ -46,7 +46,7 @@ class DocumentList:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def bodies(self, limit: int) -> list[str]:
+    def bodies(self, limit: int) -> list[bytes]:
         return [row[-1] for row in self.rows[:limit]]
 
     def position(self, index: int) -> tuple[str, int]:

@@ -21,11 +21,11 @@ class JSONResponse(Response):
 
 
 def documents_response(
-    documents: Sequence[str], *, status_code: int = 200, headers: dict[str, str] | None = None
+    documents: Sequence[bytes], *, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    """A JSON array of already-rendered JSON documents, joined without parsing them again."""
-    body = "[" + ",".join(documents) + "]"
-    return Response(body.encode(), status_code, headers, media_type="application/json")
+    """A JSON array of already-rendered JSON documents (UTF-8), joined without parsing them again."""
+    body = b"[" + b",".join(documents) + b"]"
+    return Response(body, status_code, headers, media_type="application/json")
 
 
 def document_response(

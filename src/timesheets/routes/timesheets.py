@@ -282,7 +282,8 @@ async def upload_timesheets(request: Request, principal: Principal) -> Response:
 
     def respond(entries: list[service.EntryDocument]) -> Response:
         if isinstance(payload, list):
-            return documents_response([entry.json for entry in entries], status_code=201)
+            bodies = [entry.json.encode() for entry in entries]
+            return documents_response(bodies, status_code=201)
         return _created(entries)
 
     return await respond_once(request, principal, payload, run, respond)
