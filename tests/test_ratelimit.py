@@ -116,13 +116,15 @@ def _inside_one_minute(seconds: float = 5.0) -> None:
         time.sleep(to_next_minute + 0.2)
 
 
-def _wait_for_sync(limiter: RateLimiter) -> None:
-    """Until the background task has shared this worker's counts (bounded: 2 s)."""
+def _wait_for_sync(limiter: RateLimiter, total: int) -> None:
+    """Until the background task has shared this worker's counts and learnt that the caller has
+    used `total` in all (bounded: 2 s). A sync takes the counts before it writes them: an empty
+    `_pending` alone can mean a sync still waiting for the database."""
     for _ in range(200):
-        if not limiter._pending:
+        if not limiter._pending and total in limiter._known.values():
             return
         time.sleep(0.01)
-    raise AssertionError("the counts were not synced within 2 s")
+    raise AssertionError(f"the counts were not synced to {total} within 2 s")
 
 
 def test_requests_over_the_limit_get_429_with_retry_after(settings, ann, mia):
@@ -148,7 +150,7 @@ def test_two_workers_on_one_database_share_the_allowance(settings, ann):
         TestClient(create_app(limited, prefetch_keys=False)) as second,
     ):
         assert [first.get("/timesheets", headers=ann).status_code for _ in range(2)] == [200, 200]
-        _wait_for_sync(first.app.state.rate_limiter)
+        _wait_for_sync(first.app.state.rate_limiter, 2)
         assert second.get("/timesheets", headers=ann).status_code == 200
-        _wait_for_sync(second.app.state.rate_limiter)  # learns that 3 are used in all
+        _wait_for_sync(second.app.state.rate_limiter, 3)  # learns that 3 are used in all
         assert second.get("/timesheets", headers=ann).status_code == 429
