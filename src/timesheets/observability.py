@@ -245,14 +245,17 @@ class RequestLog:
 
 
 _second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+_MILLISECONDS = tuple(f".{n:03d}Z" for n in range(1000))
 
 
 def _now() -> str:
+    """UTC with milliseconds and a Z; the date and time are formatted once a second."""
     now = time.time()
     second = int(now)
     if second != _second[0]:
         _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_second[1]}.{int(now % 1 * 1000):03d}Z"
+    text: str = _second[1]
+    return text + _MILLISECONDS[int((now - second) * 1000)]
 
 
 def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
