@@ -31,22 +31,24 @@ class _KeepAliveSweep:
     uvicorn sets a timer when each response completes and cancels it when the next request
     arrives: a timer object and a heap insertion a request, about a tenth of a cheap request's
     CPU time. This timer runs a few times per timeout for all connections together, so an idle
-    connection is closed between the timeout and a quarter of it later.
+    connection is closed between the timeout and a quarter of it later (at most 1 s, at least
+    50 ms). One sweep serves one server on one event loop: a server run again, on a new loop,
+    gets a new one.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, state: ServerState, timeout: float):
-        self._loop = loop
+        self.loop = loop
         self._connections = state.connections
-        self._interval = min(1.0, timeout / 4)
+        self._interval = max(0.05, min(1.0, timeout / 4))
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         if self._timer is None:
-            self._timer = self._loop.call_later(self._interval, self._sweep)
+            self._timer = self.loop.call_later(self._interval, self._sweep)
 
     def _sweep(self) -> None:
         self._timer = None
-        now = self._loop.time()
+        now = self.loop.time()
         for protocol in list(self._connections):
             if isinstance(protocol, LimitedHttpToolsProtocol):
                 protocol.close_if_idle(now)
@@ -91,7 +93,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm_head_timer()  # a new connection must send its first request head in time
         sweep = _sweeps.get(self.server_state)
-        if sweep is None:
+        if sweep is None or sweep.loop is not self.loop:
             sweep = _sweeps[self.server_state] = _KeepAliveSweep(
                 self.loop, self.server_state, self.timeout_keep_alive
             )
