@@ -7,6 +7,7 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
+from timesheets import service
 from timesheets.app import create_app
 from timesheets.observability import AccessLog
 
@@ -26,6 +27,28 @@ def test_request_id_is_echoed_when_sane_and_generated_otherwise(client, ann):
 
     assert echoed.headers["X-Request-ID"] == "req-42.a"
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
+
+
+def test_a_500_carries_the_request_id_and_its_line_in_the_access_log(settings, ann, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service, "list_entries", broken)
+    stream = io.BytesIO()
+    app = create_app(settings, prefetch_keys=False, access_log=AccessLog(stream))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        given = client.get("/timesheets", headers={**ann, "X-Request-ID": "r-500"})
+        generated = client.get("/timesheets", headers=ann)
+
+    assert given.status_code == 500 and given.json()["error"] == "internal_error"
+    assert given.headers["X-Request-ID"] == "r-500"
+    assert given.headers.get_list("Vary") == ["Origin"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["request_id"], line["status"]) for line in lines] == [
+        ("r-500", 500),
+        (generated.headers["X-Request-ID"], 500),
+    ]
 
 
 def test_each_request_logs_one_json_line_with_route_status_and_caller_but_never_the_token(

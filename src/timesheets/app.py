@@ -21,7 +21,14 @@ from .auth import AuthError, DevIssuer, TokenVerifier
 from .config import Settings, load_settings
 from .errors import ApiError, DatabaseUnavailable, InternalError, MethodNotAllowed, NotFound
 from .http import JSONResponse
-from .observability import FLUSH_INTERVAL, AccessLog, RequestLog, Telemetry, metrics_endpoint
+from .observability import (
+    FLUSH_INTERVAL,
+    REQUEST_ID_KEY,
+    AccessLog,
+    RequestLog,
+    Telemetry,
+    metrics_endpoint,
+)
 from .openapi import build_openapi
 from .periodic import Periodic
 from .ratelimit import RateLimiter
@@ -254,8 +261,20 @@ async def _render_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _render_unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _error_response(500, InternalError().body(), {})
+    """The 500 page. Starlette renders it outside every middleware, the request log included,
+    so it adds the request's id and `Vary: Origin` itself: the id is what an operator looks
+    for in the logs."""
+    request_id = request.scope.get(REQUEST_ID_KEY)
+    logger.exception(
+        "unhandled error on %s %s",
+        request.method,
+        request.url.path,
+        extra={"request_id": request_id},
+    )
+    headers = {"Vary": "Origin"}
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return _error_response(500, InternalError().body(), headers)
 
 
 def create_dev_app_from_env() -> Starlette:

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("timesheets")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID_KEY = "timesheets.request_id"  # where the request's id waits in the ASGI scope
 FLUSH_INTERVAL = 0.2  # seconds between flushes of the access log and the request metrics
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -201,6 +202,7 @@ class RequestLog:
         started = time.perf_counter()
         given_id, has_origin = _scan(scope["headers"])
         request_id = given_id or self._new_id()
+        scope[REQUEST_ID_KEY] = request_id  # for the 500 page, rendered outside this layer
         added = [(b"x-request-id", request_id.encode())]
         if self._vary_origin and not has_origin:
             added.append((b"vary", b"Origin"))
