@@ -51,6 +51,30 @@ def test_a_500_carries_the_request_id_and_its_line_in_the_access_log(settings, a
     ]
 
 
+def test_a_500_to_a_browser_carries_the_cors_headers_one_request_id_and_one_log_line(
+    settings, ann, monkeypatch, caplog
+):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service, "list_entries", broken)
+    spa = "https://spa.example.com"
+    listed = settings.model_copy(update={"cors_origins": (spa,)})
+    stream = io.BytesIO()
+    app = create_app(listed, prefetch_keys=False, access_log=AccessLog(stream))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/timesheets", headers={**ann, "Origin": spa, "X-Request-ID": "b-1"})
+
+    assert response.status_code == 500 and response.json()["error"] == "internal_error"
+    assert response.headers["Access-Control-Allow-Origin"] == spa
+    assert response.headers.get_list("X-Request-ID") == ["b-1"]
+    assert response.headers.get_list("Vary") == ["Origin"]
+    errors = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    assert len(errors) == 1 and errors[0].request_id == "b-1"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["request_id"], line["status"]) for line in lines] == [("b-1", 500)]
+
+
 def test_each_request_logs_one_json_line_with_route_status_and_caller_but_never_the_token(
     settings, ann
 ):

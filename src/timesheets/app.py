@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route, Router
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import db as database
 from .auth import AuthError, DevIssuer, TokenVerifier
@@ -151,13 +151,43 @@ class _CorsMiddleware(CORSMiddleware):
     """Starlette's CORS, for requests that name an Origin (browsers). The others (phones, the batch
     importer, other servers: most requests) pass straight through: all CORS owes them is
     `Vary: Origin`, which the request log outside adds in the pass it makes over every response
-    anyway (`RequestLog(vary_origin=True)`); a layer of its own cost 8 % of a cheap request."""
+    anyway (`RequestLog(vary_origin=True)`); a layer of its own cost 8 % of a cheap request.
+
+    For a browser, an unexpected error is answered inside this layer, so that the 500 carries
+    the CORS headers that let the page read it; Starlette would render it outside every
+    middleware (`_render_unexpected`), and the browser would see only a failed request."""
+
+    def __init__(self, app: ASGIApp, /, **options: Any) -> None:
+        super().__init__(_answering_unexpected(app), **options)
+        self._plain = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _has_origin(scope["headers"]):
-            await self.app(scope, receive, send)
+            await self._plain(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+
+def _answering_unexpected(app: ASGIApp) -> ASGIApp:
+    """`app`, with an error it did not handle answered by the 500 page (when no response has
+    started), logged once, and not raised further."""
+
+    async def answering(scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, tracking)
+        except Exception:
+            if started or scope["type"] != "http":
+                raise
+            await _unexpected_response(Request(scope))(scope, receive, send)
+
+    return answering
 
 
 def _has_origin(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -261,20 +291,26 @@ async def _render_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _render_unexpected(request: Request, exc: Exception) -> Response:
-    """The 500 page. Starlette renders it outside every middleware, the request log included,
-    so it adds the request's id and `Vary: Origin` itself: the id is what an operator looks
-    for in the logs."""
+    """The 500 page as Starlette renders it: outside every middleware, the request log included,
+    so it adds the request's id and `Vary: Origin` itself (the id is what an operator looks for
+    in the logs). Browsers get theirs from the CORS layer instead (`_CorsMiddleware`)."""
+    response = _unexpected_response(request)
+    response.headers["Vary"] = "Origin"
     request_id = request.scope.get(REQUEST_ID_KEY)
+    if request_id:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def _unexpected_response(request: Request) -> Response:
+    """Logs the error being handled, with the request's id, and makes the 500 page."""
     logger.exception(
         "unhandled error on %s %s",
         request.method,
         request.url.path,
-        extra={"request_id": request_id},
+        extra={"request_id": request.scope.get(REQUEST_ID_KEY)},
     )
-    headers = {"Vary": "Origin"}
-    if request_id:
-        headers["X-Request-ID"] = request_id
-    return _error_response(500, InternalError().body(), headers)
+    return _error_response(500, InternalError().body(), {})
 
 
 def create_dev_app_from_env() -> Starlette:
