@@ -131,11 +131,14 @@ def create_app(
                 expose_headers=EXPOSED_HEADERS,
                 max_age=600,
             ),
+            Middleware(_AnswerUnexpected),
         ],
         exception_handlers={
             ApiError: _render_api_error,
             AuthError: _render_auth_error,
             HTTPException: _render_http_exception,
+            # Starlette answers with this in its outermost layer, outside the request log and
+            # CORS; only an error in those layers themselves gets there (see _AnswerUnexpected).
             Exception: _render_unexpected,
         },
     )
@@ -151,28 +154,33 @@ class _CorsMiddleware(CORSMiddleware):
     """Starlette's CORS, for requests that name an Origin (browsers). The others (phones, the batch
     importer, other servers: most requests) pass straight through: all CORS owes them is
     `Vary: Origin`, which the request log outside adds in the pass it makes over every response
-    anyway (`RequestLog(vary_origin=True)`); a layer of its own cost 8 % of a cheap request.
-
-    For a browser, an unexpected error is answered inside this layer, so that the 500 carries
-    the CORS headers that let the page read it; Starlette would render it outside every
-    middleware (`_render_unexpected`), and the browser would see only a failed request."""
-
-    def __init__(self, app: ASGIApp, /, **options: Any) -> None:
-        super().__init__(_answering_unexpected(app), **options)
-        self._plain = app
+    anyway (`RequestLog(vary_origin=True)`); a layer of its own cost 8 % of a cheap request."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _has_origin(scope["headers"]):
-            await self._plain(scope, receive, send)
+            await self.app(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
 
-def _answering_unexpected(app: ASGIApp) -> ASGIApp:
-    """`app`, with an error it did not handle answered by the 500 page (when no response has
-    started), logged once, and not raised further."""
+def _has_origin(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, _ in headers:
+        if name == b"origin":
+            return True
+    return False
 
-    async def answering(scope: Scope, receive: Receive, send: Send) -> None:
+
+class _AnswerUnexpected:
+    """An error that no handler took, answered with the 500 page inside the request log and CORS,
+    so that the response carries the request's id, `Vary: Origin` and, for a browser, the CORS
+    headers that let the page read it. (Starlette would answer it in its outermost layer,
+    outside both.) The error is logged once, here, and not raised further; one raised after the
+    response has started goes on to the server, which closes the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracking(message: Message) -> None:
@@ -181,20 +189,12 @@ def _answering_unexpected(app: ASGIApp) -> ASGIApp:
             await send(message)
 
         try:
-            await app(scope, receive, tracking)
-        except Exception:
+            await self.app(scope, receive, tracking)
+        except Exception as exc:
             if started or scope["type"] != "http":
                 raise
-            await _unexpected_response(Request(scope))(scope, receive, send)
-
-    return answering
-
-
-def _has_origin(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, _ in headers:
-        if name == b"origin":
-            return True
-    return False
+            response = await _render_unexpected(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 class _Router(Router):
@@ -291,19 +291,7 @@ async def _render_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _render_unexpected(request: Request, exc: Exception) -> Response:
-    """The 500 page as Starlette renders it: outside every middleware, the request log included,
-    so it adds the request's id and `Vary: Origin` itself (the id is what an operator looks for
-    in the logs). Browsers get theirs from the CORS layer instead (`_CorsMiddleware`)."""
-    response = _unexpected_response(request)
-    response.headers["Vary"] = "Origin"
-    request_id = request.scope.get(REQUEST_ID_KEY)
-    if request_id:
-        response.headers["X-Request-ID"] = request_id
-    return response
-
-
-def _unexpected_response(request: Request) -> Response:
-    """Logs the error being handled, with the request's id, and makes the 500 page."""
+    """The 500 page; the error is logged with the request's id (the id the response carries)."""
     logger.exception(
         "unhandled error on %s %s",
         request.method,

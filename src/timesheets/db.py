@@ -46,6 +46,9 @@ class Connection(Protocol):
 class Database(Protocol):
     dialect: str
 
+    def text_as_bytes(self, column: str) -> str:
+        """SQL for the text `column` as its UTF-8 bytes (the driver then hands out `bytes`)."""
+
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]: ...
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None: ...
     def transaction(self) -> Any: ...  # async context manager yielding a Connection
@@ -180,6 +183,9 @@ class _SqliteConnection:
 
 class SqliteDatabase(_SqliteConnection):
     dialect = "sqlite"
+
+    def text_as_bytes(self, column: str) -> str:
+        return f"CAST({column} AS BLOB)"
 
     def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         if path != ":memory:":
@@ -331,6 +337,9 @@ class PostgresDatabase:
     """
 
     dialect = "postgresql"
+
+    def text_as_bytes(self, column: str) -> str:
+        return f"convert_to({column}, 'UTF8')"
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn

@@ -202,7 +202,7 @@ class RequestLog:
         started = time.perf_counter()
         given_id, has_origin = _scan(scope["headers"])
         request_id = given_id or self._new_id()
-        scope[REQUEST_ID_KEY] = request_id  # for the 500 page, rendered outside this layer
+        scope[REQUEST_ID_KEY] = request_id  # for the log line of an unexpected error
         added = [(b"x-request-id", request_id.encode())]
         if self._vary_origin and not has_origin:
             added.append((b"vary", b"Origin"))

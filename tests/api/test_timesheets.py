@@ -197,6 +197,19 @@ def test_list_shows_only_own_entries_oldest_first(client, ann, bob):
     assert listed.json()[0] == early
 
 
+def test_lists_and_sync_show_non_ascii_text_byte_for_byte_as_the_entry_itself(client, ann):
+    # Lists hand out the stored documents as UTF-8 bytes, joined without parsing them again.
+    text = 'Zürich – 日本語 😀 \u2028 "q" \\ é'
+    entry = create_entry(client, ann, project=text, notes=text)
+    one = client.get(f"/timesheets/{entry['id']}", headers=ann)
+    listed = client.get("/timesheets", headers=ann)
+    synced = client.get("/timesheets?updated_since=1970-01-01T00:00:00Z", headers=ann)
+
+    assert one.json()["project"] == text and one.json()["notes"] == text
+    assert listed.content == b"[" + one.content + b"]"
+    assert synced.content == b"[" + one.content + b"]"
+
+
 def test_list_filters_by_date_range_inclusive(client, ann):
     ids = {day: create_entry(client, ann, date=f"2017-07-{day:02d}")["id"] for day in range(8, 14)}
     assert _ids(client.get("/timesheets?from=2017-07-10", headers=ann)) == [
