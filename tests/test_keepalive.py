@@ -2,14 +2,11 @@
 
 import resource
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import uvicorn
 
-from timesheets.server import LimitedHttpToolsProtocol
+from .inprocess import protocol_server, running
 
 
 async def _hello(scope, receive, send) -> None:
@@ -21,34 +18,8 @@ async def _hello(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-@contextmanager
-def _running(server: uvicorn.Server) -> Iterator[int]:
-    """`server` on a new socket, in a thread of its own, until the block ends."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server.should_exit, server.started = False, False
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def _server(keep_alive: float) -> uvicorn.Server:
-    config = uvicorn.Config(
-        _hello,
-        http=LimitedHttpToolsProtocol,
-        lifespan="off",
-        log_level="warning",
-        loop="asyncio",
-        timeout_keep_alive=keep_alive,
-    )
-    return uvicorn.Server(config)
+    return protocol_server(_hello, timeout_keep_alive=keep_alive)
 
 
 def _answered_then_closed_after(port: int) -> float:
@@ -66,13 +37,13 @@ def _answered_then_closed_after(port: int) -> float:
 def test_a_server_run_again_on_a_new_loop_still_closes_idle_connections():
     server = _server(keep_alive=0.5)
     for _ in range(2):
-        with _running(server) as port:
+        with running(server) as port:
             assert 0.4 <= _answered_then_closed_after(port) < 2.0
 
 
 def test_a_zero_keep_alive_timeout_closes_at_once_and_does_not_spin():
     server = _server(keep_alive=0)
-    with _running(server) as port:
+    with running(server) as port:
         assert _answered_then_closed_after(port) < 1.0
         with socket.create_connection(("127.0.0.1", port)):  # open, silent: the head timer's
             before = resource.getrusage(resource.RUSAGE_SELF)

@@ -56,6 +56,47 @@ class _KeepAliveSweep:
             self.start()
 
 
+class _OneSendResponses:
+    """The transport as a request's cycle sees it: a response's head is held back until its body
+    is written (or the response ends), and both go out in one send. uvicorn writes them
+    separately: two system calls and two wake-ups of the client for every response.
+
+    The writes on a connection are ordered: an interim `100 Continue` passes straight through;
+    the first other write after a response completed is the next response's head."""
+
+    __slots__ = ("_transport", "_held", "_head_due")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+        self._head_due = True
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif self._head_due and not data.startswith(b"HTTP/1.1 100 "):
+            self._head_due = False
+            self._held = data
+        else:
+            self._transport.write(data)
+
+    def response_complete(self) -> None:
+        """Sends a head still held (a response without a body: HEAD, 204, 304)."""
+        self._head_due = True
+        if self._held is not None:
+            self.write(b"")
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        if self._held is not None:
+            self.write(b"")
+        self._transport.close()
+
+
 _sweeps: "weakref.WeakKeyDictionary[ServerState, _KeepAliveSweep]" = weakref.WeakKeyDictionary()
 
 
@@ -80,6 +121,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         )
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None  # loop time the last response completed, if idle
+        self._writer: _OneSendResponses | None = None
 
     def connection_made(self, transport: Any) -> None:
         # `--workers N` binds its socket with proto 0, so asyncio leaves Nagle's algorithm on
@@ -91,6 +133,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             except OSError:  # the connection is already gone: nothing to tune
                 pass
         super().connection_made(transport)
+        self._writer = _OneSendResponses(transport)
         self._arm_head_timer()  # a new connection must send its first request head in time
         sweep = _sweeps.get(self.server_state)
         if sweep is None or sweep.loop is not self.loop:
@@ -124,6 +167,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         # uvicorn's, except that an idle connection is left to the sweep instead of a timer.
         self.server_state.total_requests += 1
+        if self._writer is not None:
+            self._writer.response_complete()
         if self.transport.is_closing():
             return
         self.flow.resume_reading()
@@ -158,6 +203,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refused = True  # a whole head in one read: stop the parser
             raise _HeadTooLarge()
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self._writer  # type: ignore[assignment]
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
