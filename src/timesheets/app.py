@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -142,12 +143,27 @@ def create_app(
             Exception: _render_unexpected,
         },
     )
+    app.state = _AppState()
     app.router = _Router(routes, lifespan=lifespan)  # the same routes; Starlette builds its
     # middleware around app.router at the first request
     app.state.settings = settings
     app.state.telemetry = telemetry
     app.state.openapi = build_openapi(OPERATIONS)
     return app
+
+
+class _AppState(State):
+    """Starlette's `app.state`, whose values are plain attributes as well: State finds a value
+    only after the usual lookup has failed, which builds and drops an AttributeError on each
+    access (four a request for the database, verifier, rate limiter and settings)."""
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        super().__setattr__(key, value)
+        object.__setattr__(self, key, value)
+
+    def __delattr__(self, key: str) -> None:
+        super().__delattr__(key)
+        object.__delattr__(self, key)
 
 
 class _CorsMiddleware(CORSMiddleware):
