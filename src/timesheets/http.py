@@ -23,8 +23,17 @@ class JSONResponse(Response):
 def documents_response(
     documents: Sequence[bytes], *, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    """A JSON array of already-rendered JSON documents (UTF-8), joined without parsing them again."""
-    body = b"[" + b",".join(documents) + b"]"
+    """A JSON array of already-rendered JSON documents (UTF-8), joined without parsing them again.
+
+    The brackets go onto the first and last documents, so that the page is copied once, not
+    three times (`b"[" + join + b"]"`)."""
+    if not documents:
+        body = b"[]"
+    else:
+        parts = list(documents)
+        parts[0] = b"[" + parts[0]
+        parts[-1] = parts[-1] + b"]"
+        body = b",".join(parts)
     return Response(body, status_code, headers, media_type="application/json")
 
 
