@@ -5,11 +5,13 @@ import json
 import re
 
 import pytest
+from starlette.responses import StreamingResponse
 from starlette.testclient import TestClient
 
 from timesheets import service
 from timesheets.app import create_app
 from timesheets.observability import AccessLog
+from timesheets.routes import timesheets as timesheets_routes
 
 from .conftest import ENTRY, bearer
 
@@ -73,6 +75,30 @@ def test_a_500_to_a_browser_carries_the_cors_headers_one_request_id_and_one_log_
     assert len(errors) == 1 and errors[0].request_id == "b-1"
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(line["request_id"], line["status"]) for line in lines] == [("b-1", 500)]
+
+
+def test_an_error_after_the_response_started_is_not_answered_a_second_time(
+    settings, ann, monkeypatch, caplog
+):
+    async def half_then_a_bug():
+        yield b"["
+        raise RuntimeError("a bug while streaming")
+
+    def streamed(*args, **kwargs):
+        return StreamingResponse(half_then_a_bug(), media_type="application/json")
+
+    monkeypatch.setattr(timesheets_routes, "paged_response", streamed)
+    stream = io.BytesIO()
+    app = create_app(settings, prefetch_keys=False, access_log=AccessLog(stream))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/timesheets", headers={**ann, "X-Request-ID": "s-1"})
+
+    # What went out stays as it was (the server then closes the connection); no 500 page follows.
+    assert response.status_code == 200 and response.content == b"["
+    errors = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    assert len(errors) == 1 and errors[0].request_id == "s-1"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["request_id"], line["status"]) for line in lines] == [("s-1", 200)]
 
 
 def test_each_request_logs_one_json_line_with_route_status_and_caller_but_never_the_token(
