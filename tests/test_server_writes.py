@@ -76,6 +76,12 @@ def test_a_streamed_body_joins_only_its_first_chunk_to_the_head():
     assert socket_side.writes == [b"HTTP/1.1 200 OK\r\n\r\n1\r\na\r\n", b"1\r\nb\r\n", b"0\r\n\r\n"]
 
 
+def test_everything_else_a_cycle_asks_of_the_transport_is_the_transport_s():
+    writer, socket_side = _writer()
+    socket_side.get_extra_info = lambda name, default=None: ("127.0.0.1", 8000)  # type: ignore[method-assign]
+    assert writer.get_extra_info("peername") == ("127.0.0.1", 8000)
+
+
 # --- through a real server ----------------------------------------------------------------------
 
 

@@ -91,6 +91,10 @@ class _OneSendResponses:
     def is_closing(self) -> bool:
         return self._transport.is_closing()
 
+    def __getattr__(self, name: str) -> Any:
+        # Anything else a cycle may use (uvicorn's cycles use only the three methods here).
+        return getattr(self._transport, name)
+
     def close(self) -> None:
         if self._held is not None:
             self.write(b"")
