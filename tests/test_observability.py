@@ -8,6 +8,7 @@ import pytest
 from starlette.responses import StreamingResponse
 from starlette.testclient import TestClient
 
+from timesheets import app as app_module
 from timesheets import service
 from timesheets.app import create_app
 from timesheets.observability import AccessLog
@@ -82,7 +83,7 @@ def test_an_error_after_the_response_started_is_not_answered_a_second_time(
 ):
     async def half_then_a_bug():
         yield b"["
-        raise RuntimeError("a bug while streaming")
+        raise ZeroDivisionError("a bug while streaming")
 
     def streamed(*args, **kwargs):
         return StreamingResponse(half_then_a_bug(), media_type="application/json")
@@ -97,8 +98,30 @@ def test_an_error_after_the_response_started_is_not_answered_a_second_time(
     assert response.status_code == 200 and response.content == b"["
     errors = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
     assert len(errors) == 1 and errors[0].request_id == "s-1"
+    assert errors[0].exc_info[0] is ZeroDivisionError  # the error itself, not a wrapper
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(line["request_id"], line["status"]) for line in lines] == [("s-1", 200)]
+
+
+def test_an_error_handler_that_fails_still_gets_a_json_500_with_the_request_id(
+    settings, monkeypatch, caplog
+):
+    def broken_handler(request, exc):
+        raise RuntimeError("a bug in an error handler")
+
+    monkeypatch.setattr(app_module, "_render_http_exception", broken_handler)
+    stream = io.BytesIO()
+    app = create_app(settings, prefetch_keys=False, access_log=AccessLog(stream))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/no-such-page", headers={"X-Request-ID": "h-1"})
+
+    assert response.status_code == 500 and response.json()["error"] == "internal_error"
+    assert response.headers["X-Request-ID"] == "h-1"
+    assert response.headers.get_list("Vary") == ["Origin"]
+    errors = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    assert len(errors) == 1 and errors[0].request_id == "h-1"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["request_id"], line["status"]) for line in lines] == [("h-1", 500)]
 
 
 def test_each_request_logs_one_json_line_with_route_status_and_caller_but_never_the_token(

@@ -1,12 +1,14 @@
-"""The router's shortcut for paths without parameters picks what Starlette's walk would pick."""
+"""The router's shortcut for paths without parameters picks what Starlette's walk would pick; the
+application's state answers by attribute and by item alike."""
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, Router
 from starlette.testclient import TestClient
 
-from timesheets.app import _Router
+from timesheets.app import _AppState, _Router
 
 
 def _named(name: str):
@@ -76,3 +78,16 @@ def test_only_paths_without_a_shortcut_take_the_walk(monkeypatch):
     assert client.get("/entries/7").status_code == 200
     assert below_root.get("/api/healthz").text == "health /healthz {}"
     assert walks == ["/entries/7", "/api/healthz"]
+
+
+def test_app_state_reads_what_was_set_by_attribute_or_by_item_and_forgets_what_was_deleted():
+    state = _AppState()
+    state.db = "first"
+    state["db"] = "second"
+    assert state.db == state["db"] == "second"
+    state.limiter = "kept"
+    del state["db"]
+    assert not hasattr(state, "db") and state.limiter == "kept"
+    del state.limiter
+    with pytest.raises(KeyError):
+        state["limiter"]

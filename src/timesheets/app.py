@@ -12,11 +12,10 @@ from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route, Router
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import db as database
 from .auth import AuthError, DevIssuer, TokenVerifier
@@ -120,7 +119,7 @@ def create_app(
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     if dev_issuer is not None:
         routes += _dev_issuer_routes(dev_issuer)
-    app = _Application(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
@@ -133,12 +132,14 @@ def create_app(
                 expose_headers=EXPOSED_HEADERS,
                 max_age=600,
             ),
+            Middleware(_AnswerUnexpected),
         ],
         exception_handlers={
             ApiError: _render_api_error,
             AuthError: _render_auth_error,
             HTTPException: _render_http_exception,
-            # Any other error: answered inside the request log and CORS (see _Application).
+            # Starlette answers with this in its outermost layer, outside the request log and
+            # CORS; only an error in those layers themselves gets there (see _AnswerUnexpected).
             Exception: _render_unexpected,
         },
     )
@@ -164,22 +165,11 @@ class _AppState(State):
         super().__delattr__(key)
         object.__delattr__(self, key)
 
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.__setattr__(key, value)
 
-class _Application(Starlette):
-    """Starlette, whose exception layer (inside the request log and CORS) answers an error no
-    other handler took, with the handler registered for `Exception`. Starlette puts that handler
-    only in its outermost layer, outside both: the 500 would lack the request's id, `Vary: Origin`
-    and, for a browser, the CORS headers that let the page read it. The error is logged once, by
-    the handler; one raised after the response has started goes on to the server, which closes
-    the connection. The outermost layer keeps the handler for an error in those layers."""
-
-    def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        layer = stack
-        while not isinstance(layer, ExceptionMiddleware):
-            layer = layer.app  # type: ignore[attr-defined]
-        layer.add_exception_handler(Exception, self.exception_handlers[Exception])
-        return stack
+    def __delitem__(self, key: str) -> None:
+        self.__delattr__(key)
 
 
 class _CorsMiddleware(CORSMiddleware):
@@ -200,6 +190,33 @@ def _has_origin(headers: list[tuple[bytes, bytes]]) -> bool:
         if name == b"origin":
             return True
     return False
+
+
+class _AnswerUnexpected:
+    """An error that no handler took, answered with the 500 page inside the request log and CORS,
+    so that the response carries the request's id, `Vary: Origin` and, for a browser, the CORS
+    headers that let the page read it. (Starlette would answer it in its outermost layer,
+    outside both.) The error is logged once, here, and not raised further; one raised after the
+    response has started goes on to the server, which closes the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception as exc:
+            if started or scope["type"] != "http":
+                raise
+            response = await _render_unexpected(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 class _Router(Router):
