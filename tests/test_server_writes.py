@@ -1,12 +1,14 @@
-"""A response's head and body leave in one send (server.py), without holding back anything a client
-waits for: an interim 100 Continue, the head of a response without a body, pipelined answers."""
+"""A response's head and body leave in one send (server.py), without holding back what a client
+waits for: an interim 100 Continue, the head of a response without a body, pipelined answers, the
+protocol's own error answers, and a streamed head whose first chunk is empty."""
 
 import asyncio
 import socket
+import time
 
 import pytest
 
-from timesheets.server import _OneSendResponses
+from timesheets.server import _JOIN_LIMIT, _OneSendResponses
 
 from .inprocess import protocol_server, running
 
@@ -74,6 +76,24 @@ def test_a_streamed_body_joins_only_its_first_chunk_to_the_head():
         writer.write(chunk)
     writer.response_complete()
     assert socket_side.writes == [b"HTTP/1.1 200 OK\r\n\r\n1\r\na\r\n", b"1\r\nb\r\n", b"0\r\n\r\n"]
+
+
+def test_a_body_over_the_join_limit_follows_its_head_instead_of_being_copied_behind_it():
+    writer, socket_side = _writer()
+    body = b"x" * (_JOIN_LIMIT + 1)
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    writer.write(body)
+    assert socket_side.writes == [b"HTTP/1.1 200 OK\r\n\r\n", body]
+
+
+def test_flush_sends_a_held_head_and_nothing_else():
+    writer, socket_side = _writer()
+    writer.flush()
+    assert socket_side.writes == []
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    writer.flush()
+    writer.flush()
+    assert socket_side.writes == [b"HTTP/1.1 200 OK\r\n\r\n"]
 
 
 def test_everything_else_a_cycle_asks_of_the_transport_is_the_transport_s():
@@ -146,3 +166,41 @@ def test_pipelined_requests_are_answered_in_order_each_whole(port):
         answers = _read_until(sock, b"two")
     first, second = answers.split(b"HTTP/1.1 200 OK\r\n")[1:]
     assert first.endswith(b"\r\n\r\none") and second.endswith(b"\r\n\r\ntwo")
+
+
+async def _slow_stream(scope, receive, send) -> None:
+    """A streamed answer whose body comes 0.3 s after its head; at /flushed it first sends an
+    empty chunk, which must send the head at once."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    if scope["path"] == "/flushed":
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+    await asyncio.sleep(0.3)
+    await send({"type": "http.response.body", "body": b"late"})
+
+
+@pytest.fixture(scope="module")
+def streaming_port():
+    with running(protocol_server(_slow_stream)) as port:
+        yield port
+
+
+def test_an_empty_first_chunk_sends_a_streamed_head_at_once(streaming_port):
+    with socket.create_connection(("127.0.0.1", streaming_port), timeout=5) as sock:
+        sock.sendall(b"GET /flushed HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        head = _read_until(sock, b"\r\n\r\n")
+        assert time.monotonic() - started < 0.25
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert _read_until(sock, b"0\r\n\r\n").endswith(b"4\r\nlate\r\n0\r\n\r\n")
+
+
+def test_the_protocols_own_400_never_overtakes_a_held_head(streaming_port):
+    with socket.create_connection(("127.0.0.1", streaming_port), timeout=5) as sock:
+        sock.sendall(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)  # the head is held, the body 0.2 s away
+        sock.sendall(b"\x01garbage\r\n\r\n")
+        answer = _read_until(sock, b"never")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"HTTP/1.1 400 Bad Request" in answer

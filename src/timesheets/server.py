@@ -21,6 +21,10 @@ _TOO_LARGE = b"Request header fields too large"
 _DEFAULT_HEAD_TIMEOUT = Settings.model_fields["header_timeout_seconds"].default
 
 
+# Bodies up to this size are copied behind their head and sent with it; larger ones follow it.
+_JOIN_LIMIT = 64 * 1024
+
+
 class _HeadTooLarge(Exception):
     pass
 
@@ -57,12 +61,16 @@ class _KeepAliveSweep:
 
 
 class _OneSendResponses:
-    """The transport as a request's cycle sees it: a response's head is held back until its body
-    is written (or the response ends), and both go out in one send. uvicorn writes them
+    """The transport as a request's cycle sees it: a response's head is held back until the first
+    write of its body (or the response's end), and both go out in one send. uvicorn writes them
     separately: two system calls and two wake-ups of the client for every response.
 
-    The writes on a connection are ordered: an interim `100 Continue` passes straight through;
-    the first other write after a response completed is the next response's head."""
+    The cycle's writes on a connection are ordered: an interim `100 Continue` passes straight
+    through; the first other write after a response completed is the next response's head. The
+    protocol's own answers (400, 408, 431) call `flush()` first, so that they never overtake a
+    held head. A streamed response's head leaves with its first chunk; an empty first chunk
+    (`more_body`) sends it at once. A body over `_JOIN_LIMIT` is written after the head rather
+    than copied behind it."""
 
     __slots__ = ("_transport", "_held", "_head_due")
 
@@ -75,30 +83,37 @@ class _OneSendResponses:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held + data)
+            if len(data) <= _JOIN_LIMIT:
+                self._transport.write(held + data)
+                return
+            self._transport.write(held)
+            self._transport.write(data)
         elif self._head_due and not data.startswith(b"HTTP/1.1 100 "):
             self._head_due = False
             self._held = data
         else:
             self._transport.write(data)
 
+    def flush(self) -> None:
+        """Sends a head still held."""
+        if self._held is not None:
+            self.write(b"")
+
     def response_complete(self) -> None:
         """Sends a head still held (a response without a body: HEAD, 204, 304)."""
         self._head_due = True
-        if self._held is not None:
-            self.write(b"")
+        self.flush()
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
 
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
     def __getattr__(self, name: str) -> Any:
         # Anything else a cycle may use (uvicorn's cycles use only the three methods here).
         return getattr(self._transport, name)
-
-    def close(self) -> None:
-        if self._held is not None:
-            self.write(b"")
-        self._transport.close()
 
 
 _sweeps: "weakref.WeakKeyDictionary[ServerState, _KeepAliveSweep]" = weakref.WeakKeyDictionary()
@@ -215,6 +230,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers 400 to any error the parser raises, ours included.
+        self._flush_held()
         if self._refused:
             self._refuse_head()
         else:
@@ -222,6 +238,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         self._refused, self._in_head = True, False
+        self._flush_held()
         self.logger.warning("Request head over %d bytes refused.", self._max_head)
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -230,6 +247,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n" + _TOO_LARGE
         )
         self.transport.close()
+
+    def _flush_held(self) -> None:
+        """Before an answer of the protocol's own: a response's head still held goes first."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
@@ -247,6 +269,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.logger.info(
             "Request head not complete within %s s: connection closed.", self._head_timeout
         )
+        self._flush_held()
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
         )
