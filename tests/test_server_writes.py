@@ -106,9 +106,12 @@ def test_everything_else_a_cycle_asks_of_the_transport_is_the_transport_s():
 
 
 async def _echo(scope, receive, send) -> None:
-    """Answers with the request body (read whole), or with none to HEAD."""
+    """Answers with the request body (read whole), or with none to HEAD; /held and /flushed
+    stream (see _slow_stream)."""
     if scope["type"] != "http":
         return
+    if scope["path"] in ("/held", "/flushed"):
+        return await _slow_stream(scope, receive, send)
     body = b""
     while True:
         message = await receive()
@@ -171,8 +174,6 @@ def test_pipelined_requests_are_answered_in_order_each_whole(port):
 async def _slow_stream(scope, receive, send) -> None:
     """A streamed answer whose body comes 0.3 s after its head; at /flushed it first sends an
     empty chunk, which must send the head at once."""
-    if scope["type"] != "http":
-        return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     if scope["path"] == "/flushed":
         await send({"type": "http.response.body", "body": b"", "more_body": True})
@@ -180,14 +181,8 @@ async def _slow_stream(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"late"})
 
 
-@pytest.fixture(scope="module")
-def streaming_port():
-    with running(protocol_server(_slow_stream)) as port:
-        yield port
-
-
-def test_an_empty_first_chunk_sends_a_streamed_head_at_once(streaming_port):
-    with socket.create_connection(("127.0.0.1", streaming_port), timeout=5) as sock:
+def test_an_empty_first_chunk_sends_a_streamed_head_at_once(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"GET /flushed HTTP/1.1\r\nHost: x\r\n\r\n")
         started = time.monotonic()
         head = _read_until(sock, b"\r\n\r\n")
@@ -196,8 +191,8 @@ def test_an_empty_first_chunk_sends_a_streamed_head_at_once(streaming_port):
         assert _read_until(sock, b"0\r\n\r\n").endswith(b"4\r\nlate\r\n0\r\n\r\n")
 
 
-def test_the_protocols_own_400_never_overtakes_a_held_head(streaming_port):
-    with socket.create_connection(("127.0.0.1", streaming_port), timeout=5) as sock:
+def test_the_protocols_own_400_never_overtakes_a_held_head(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.1)  # the head is held, the body 0.2 s away
         sock.sendall(b"\x01garbage\r\n\r\n")
