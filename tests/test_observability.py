@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
 from starlette.testclient import TestClient
 
@@ -24,6 +25,22 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def _app_logging_to(settings) -> tuple[Starlette, io.BytesIO]:
+    """The application with its access log written to a buffer of its own."""
+    stream = io.BytesIO()
+    return create_app(settings, prefetch_keys=False, access_log=AccessLog(stream)), stream
+
+
+def _logged(stream: io.BytesIO) -> list[tuple[str, int]]:
+    """(request id, status) of each access-log line."""
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [(line["request_id"], line["status"]) for line in lines]
+
+
+def _unhandled(caplog) -> list:
+    return [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+
+
 def test_request_id_is_echoed_when_sane_and_generated_otherwise(client, ann):
     echoed = client.get("/timesheets", headers={**ann, "X-Request-ID": "req-42.a"})
     generated = client.get("/timesheets", headers={**ann, "X-Request-ID": "bad id; x=1"})
@@ -37,8 +54,7 @@ def test_a_500_carries_the_request_id_and_its_line_in_the_access_log(settings, a
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(service, "list_entries", broken)
-    stream = io.BytesIO()
-    app = create_app(settings, prefetch_keys=False, access_log=AccessLog(stream))
+    app, stream = _app_logging_to(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         given = client.get("/timesheets", headers={**ann, "X-Request-ID": "r-500"})
         generated = client.get("/timesheets", headers=ann)
@@ -47,8 +63,7 @@ def test_a_500_carries_the_request_id_and_its_line_in_the_access_log(settings, a
     assert given.headers["X-Request-ID"] == "r-500"
     assert given.headers.get_list("Vary") == ["Origin"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [(line["request_id"], line["status"]) for line in lines] == [
+    assert _logged(stream) == [
         ("r-500", 500),
         (generated.headers["X-Request-ID"], 500),
     ]
@@ -63,8 +78,7 @@ def test_a_500_to_a_browser_carries_the_cors_headers_one_request_id_and_one_log_
     monkeypatch.setattr(service, "list_entries", broken)
     spa = "https://spa.example.com"
     listed = settings.model_copy(update={"cors_origins": (spa,)})
-    stream = io.BytesIO()
-    app = create_app(listed, prefetch_keys=False, access_log=AccessLog(stream))
+    app, stream = _app_logging_to(listed)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.get("/timesheets", headers={**ann, "Origin": spa, "X-Request-ID": "b-1"})
 
@@ -72,10 +86,9 @@ def test_a_500_to_a_browser_carries_the_cors_headers_one_request_id_and_one_log_
     assert response.headers["Access-Control-Allow-Origin"] == spa
     assert response.headers.get_list("X-Request-ID") == ["b-1"]
     assert response.headers.get_list("Vary") == ["Origin"]
-    errors = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    errors = _unhandled(caplog)
     assert len(errors) == 1 and errors[0].request_id == "b-1"
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [(line["request_id"], line["status"]) for line in lines] == [("b-1", 500)]
+    assert _logged(stream) == [("b-1", 500)]
 
 
 def test_an_error_after_the_response_started_is_not_answered_a_second_time(
@@ -89,18 +102,16 @@ def test_an_error_after_the_response_started_is_not_answered_a_second_time(
         return StreamingResponse(half_then_a_bug(), media_type="application/json")
 
     monkeypatch.setattr(timesheets_routes, "paged_response", streamed)
-    stream = io.BytesIO()
-    app = create_app(settings, prefetch_keys=False, access_log=AccessLog(stream))
+    app, stream = _app_logging_to(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.get("/timesheets", headers={**ann, "X-Request-ID": "s-1"})
 
     # What went out stays as it was (the server then closes the connection); no 500 page follows.
     assert response.status_code == 200 and response.content == b"["
-    errors = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    errors = _unhandled(caplog)
     assert len(errors) == 1 and errors[0].request_id == "s-1"
     assert errors[0].exc_info[0] is ZeroDivisionError  # the error itself, not a wrapper
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [(line["request_id"], line["status"]) for line in lines] == [("s-1", 200)]
+    assert _logged(stream) == [("s-1", 200)]
 
 
 def test_an_error_handler_that_fails_still_gets_a_json_500_with_the_request_id(
@@ -110,26 +121,23 @@ def test_an_error_handler_that_fails_still_gets_a_json_500_with_the_request_id(
         raise RuntimeError("a bug in an error handler")
 
     monkeypatch.setattr(app_module, "_render_http_exception", broken_handler)
-    stream = io.BytesIO()
-    app = create_app(settings, prefetch_keys=False, access_log=AccessLog(stream))
+    app, stream = _app_logging_to(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.get("/no-such-page", headers={"X-Request-ID": "h-1"})
 
     assert response.status_code == 500 and response.json()["error"] == "internal_error"
     assert response.headers["X-Request-ID"] == "h-1"
     assert response.headers.get_list("Vary") == ["Origin"]
-    errors = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    errors = _unhandled(caplog)
     assert len(errors) == 1 and errors[0].request_id == "h-1"
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [(line["request_id"], line["status"]) for line in lines] == [("h-1", 500)]
+    assert _logged(stream) == [("h-1", 500)]
 
 
 def test_each_request_logs_one_json_line_with_route_status_and_caller_but_never_the_token(
     settings, ann
 ):
     token = ann["Authorization"].split()[1]
-    stream = io.BytesIO()
-    app = create_app(settings, prefetch_keys=False, access_log=AccessLog(stream))
+    app, stream = _app_logging_to(settings)
     with TestClient(app) as client:
         created = client.post("/timesheets", json=ENTRY, headers={**ann, "X-Request-ID": "r-1"})
         client.get(f"/timesheets/{created.json()['id']}", headers=ann)
