@@ -228,7 +228,7 @@ def test_queued_sqlite_writers_each_wait_at_most_the_busy_timeout(tmp_path):
     assert all(0.3 <= seconds < 0.6 for seconds in waited), waited
 
 
-def test_a_sqlite_commit_that_fails_leaves_no_transaction_behind(tmp_path):
+def test_a_sqlite_commit_that_fails_is_unavailable_and_leaves_no_transaction_behind(tmp_path):
     path = str(tmp_path / "deferred.db")
     with sqlite3.connect(path) as setup:
         setup.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
@@ -239,9 +239,10 @@ def test_a_sqlite_commit_that_fails_leaves_no_transaction_behind(tmp_path):
 
     async def scenario() -> list[int]:
         database = db.SqliteDatabase(path)
-        with pytest.raises(sqlite3.IntegrityError):  # checked only at COMMIT
+        with pytest.raises(db.DatabaseUnavailable) as refused:  # checked only at COMMIT
             async with database.transaction() as tx:
                 await tx.fetch_all("INSERT INTO child VALUES (42)")
+        assert isinstance(refused.value.__cause__, sqlite3.IntegrityError)
         async with database.transaction() as tx:  # not "within a transaction", not stuck
             await tx.fetch_all("INSERT INTO parent VALUES (1)")
             await tx.fetch_all("INSERT INTO child VALUES (1)")
@@ -250,6 +251,138 @@ def test_a_sqlite_commit_that_fails_leaves_no_transaction_behind(tmp_path):
         return [row[0] for row in rows]
 
     assert asyncio.run(scenario()) == [1]
+
+
+def _names(path: str) -> list[str]:
+    """What another process would read: only committed rows."""
+    with sqlite3.connect(path) as other:
+        return [row[0] for row in other.execute("SELECT name FROM t ORDER BY rowid")]
+
+
+async def _insert(database: db.SqliteDatabase, name: str, fail: bool = False) -> str:
+    async with database.transaction() as tx:
+        await tx.fetch_all("INSERT INTO t VALUES (:name)", {"name": name})
+        if fail:
+            raise LookupError(name)
+    return name
+
+
+def test_sqlite_transactions_that_arrive_together_share_one_commit(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> list[object]:
+        database = db.SqliteDatabase(path)
+        statements: list[str] = []
+        database._writer._connection.set_trace_callback(statements.append)
+        done = await asyncio.gather(*(_insert(database, f"n{i}") for i in range(10)))
+        await _insert(database, "later")  # a transaction of its own, after the group's COMMIT
+        await database.close()
+        return [*done, statements.count("COMMIT"), statements.count("BEGIN IMMEDIATE")]
+
+    assert asyncio.run(scenario()) == [*(f"n{i}" for i in range(10)), 2, 2]
+    assert _names(path) == [*(f"n{i}" for i in range(10)), "later"]
+
+
+def test_a_failed_member_of_a_group_leaves_nothing_and_the_others_are_kept(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> list[object]:
+        database = db.SqliteDatabase(path)
+        outcomes = await asyncio.gather(
+            _insert(database, "a"),
+            _insert(database, "refused", fail=True),
+            _insert(database, "b"),
+            return_exceptions=True,
+        )
+        await database.close()
+        return [type(o).__name__ if isinstance(o, BaseException) else o for o in outcomes]
+
+    assert asyncio.run(scenario()) == ["a", "LookupError", "b"]
+    assert _names(path) == ["a", "b"]
+
+
+def test_a_group_whose_commit_fails_answers_every_member_unavailable_and_keeps_nothing(tmp_path):
+    path = _sqlite_file(tmp_path)
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        setup.execute(
+            "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+    async def orphan(database: db.SqliteDatabase) -> None:
+        async with database.transaction() as tx:
+            await tx.fetch_all("INSERT INTO child VALUES (42)")  # refused only at COMMIT
+
+    async def scenario() -> list[object]:
+        database = db.SqliteDatabase(path)
+        outcomes = await asyncio.gather(
+            _insert(database, "a"), orphan(database), _insert(database, "b"),
+            return_exceptions=True,
+        )  # fmt: skip
+        after = await _insert(database, "after")  # the connection is out of the failed group
+        await database.close()
+        return [type(o).__name__ for o in outcomes] + [after]
+
+    unavailable = "DatabaseUnavailable"
+    assert asyncio.run(scenario()) == [unavailable, unavailable, unavailable, "after"]
+    assert _names(path) == ["after"]
+
+
+def test_a_transaction_ends_only_once_its_writes_are_committed(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> list[list[str]]:
+        database = db.SqliteDatabase(path)
+        seen: list[list[str]] = []
+
+        async def write_then_look(name: str) -> None:
+            await _insert(database, name)
+            seen.append(_names(path))  # another process sees it as soon as we return
+
+        async with database.transaction() as tx:
+            await tx.fetch_all("INSERT INTO t VALUES ('inside')")
+            # the service's own reads see only what is committed, and refuse to write
+            seen.append([row[0] for row in await database.fetch_all("SELECT name FROM t")])
+            with pytest.raises(db.DatabaseUnavailable):
+                await database.fetch_all("INSERT INTO t VALUES ('read-only')")
+        await asyncio.gather(write_then_look("x"), write_then_look("y"))
+        await database.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [[], ["inside", "x", "y"], ["inside", "x", "y"]]
+
+
+def test_closing_the_database_commits_the_group_its_members_wait_for(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> str:
+        database = db.SqliteDatabase(path)
+        member = asyncio.ensure_future(_insert(database, "waiting"))
+        await asyncio.sleep(0)  # the member has written and waits for the COMMIT
+        await database.close()
+        return await member
+
+    assert asyncio.run(scenario()) == "waiting"
+    assert _names(path) == ["waiting"]
+
+
+def test_an_in_memory_sqlite_database_commits_each_transaction_on_its_own():
+    async def scenario() -> list[object]:
+        database = db.SqliteDatabase(":memory:")
+        async with database.transaction() as tx:
+            await tx.fetch_all("CREATE TABLE t (name TEXT)")
+        outcomes = await asyncio.gather(
+            _insert(database, "a"), _insert(database, "no", fail=True), _insert(database, "b"),
+            return_exceptions=True,
+        )  # fmt: skip
+        rows = await database.fetch_all("SELECT name FROM t ORDER BY rowid")
+        await database.close()
+        return [type(o).__name__ if isinstance(o, BaseException) else o for o in outcomes] + [
+            row[0] for row in rows
+        ]
+
+    assert asyncio.run(scenario()) == ["a", "LookupError", "b", "a", "b"]
 
 
 def test_a_sqlite_error_without_a_code_is_unavailable_not_a_crash(tmp_path):

@@ -74,6 +74,11 @@ def test_two_processes_share_one_allowance_through_the_database(database_url):
     _with_db(database_url, scenario)
 
 
+async def _write(db, sql: str) -> None:
+    async with db.transaction() as tx:
+        await tx.fetch_all(sql)
+
+
 def test_sync_keeps_counts_when_the_database_fails_and_adds_them_later(database_url):
     clock = Clock()
 
@@ -81,10 +86,10 @@ def test_sync_keeps_counts_when_the_database_fails_and_adds_them_later(database_
         limiter = RateLimiter(db, 100, clock=clock)
         for _ in range(4):
             limiter.check("auth0|ann")
-        await db.fetch_all("ALTER TABLE rate_limit_window RENAME TO rate_limit_away")
+        await _write(db, "ALTER TABLE rate_limit_window RENAME TO rate_limit_away")
         with pytest.raises((DatabaseUnavailable, asyncpg.PostgresError)):
             await limiter.sync()
-        await db.fetch_all("ALTER TABLE rate_limit_away RENAME TO rate_limit_window")
+        await _write(db, "ALTER TABLE rate_limit_away RENAME TO rate_limit_window")
         limiter.check("auth0|ann")
         await limiter.sync()
         row = await db.fetch_one("SELECT hits FROM rate_limit_window")

@@ -5,8 +5,9 @@ per statement. An ORM or SQLAlchemy Core in the request path cost more than ever
 does (see bench/README.md); SQLAlchemy is kept for what it is best at here, the migrations.
 
 SQLite runs on the event loop thread: its statements take microseconds, WAL lets readers proceed
-beside the single writer, and one connection per process serialises writes without a thread hop.
-Transactions are `BEGIN IMMEDIATE`, so a read-then-write (the daily cap) cannot interleave with
+beside the single writer, and one writing connection per process serialises writes without a
+thread hop; the transactions that arrive together share a COMMIT (`SqliteDatabase`). Transactions
+are `BEGIN IMMEDIATE`, so a read-then-write (the daily cap) cannot interleave with
 another writer, in this process or another. While another process holds the write lock, a writer
 waits on the event loop (`_unless_busy`), not in SQLite's busy handler, which sleeps the thread and
 with it every other request of this process.
@@ -49,7 +50,10 @@ class Database(Protocol):
     def text_as_bytes(self, column: str) -> str:
         """SQL for the text `column` as its UTF-8 bytes (the driver then hands out `bytes`)."""
 
-    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]: ...
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        """A read of what is committed. Writes go through `transaction()` (SQLite's reading
+        connection refuses them)."""
+
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None: ...
     def transaction(self) -> Any: ...  # async context manager yielding a Connection
     async def close(self) -> None: ...
@@ -181,7 +185,42 @@ class _SqliteConnection:
         return int(rows[0][0])
 
 
+def _open_sqlite(path: str, busy_timeout: float) -> sqlite3.Connection:
+    # Workers starting together may wait for each other here (once, before serving); from then on
+    # SQLite's own busy handler is off and _unless_busy waits instead.
+    connection = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+    )
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    connection.execute("PRAGMA busy_timeout=0")
+    return connection
+
+
+class _Group:
+    """The transactions that one `BEGIN IMMEDIATE ... COMMIT` carries (group commit)."""
+
+    __slots__ = ("waiters", "lost")
+
+    def __init__(self) -> None:
+        self.waiters: list[asyncio.Future[None]] = []  # one per member, told how the COMMIT went
+        self.lost = False  # SQLite rolled the whole transaction back under a member
+
+
 class SqliteDatabase(_SqliteConnection):
+    """Two connections: reads outside transactions go to one, transactions to the other.
+
+    Transactions are committed in groups. A transaction is a savepoint inside the writer's open
+    `BEGIN IMMEDIATE`; the transactions that reach the database before the event loop's next turn
+    share one COMMIT, and each member leaves `transaction()` only once that COMMIT succeeded
+    (or, when it failed, with DatabaseUnavailable, none of the group's writes being kept). Nothing
+    is acknowledged before it is committed. A commit writes each changed page once for the group,
+    instead of once per request; the other connection reads only what is committed, so no one
+    sees a group's writes before its COMMIT. A `:memory:` database has one connection, so
+    there each transaction commits on its own.
+    """
+
     dialect = "sqlite"
 
     def text_as_bytes(self, column: str) -> str:
@@ -190,51 +229,136 @@ class SqliteDatabase(_SqliteConnection):
     def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Workers starting together may wait for each other here (once, before serving); from
-        # then on SQLite's own busy handler is off and _unless_busy waits instead.
-        connection = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-        )
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA foreign_keys=ON")
-        connection.execute("PRAGMA busy_timeout=0")
-        super().__init__(connection, busy_timeout)
+        writer = _open_sqlite(path, busy_timeout)
+        if path == ":memory:":
+            reader = writer
+        else:
+            reader = _open_sqlite(path, busy_timeout)
+            reader.execute("PRAGMA query_only=ON")
+        super().__init__(reader, busy_timeout)
+        self._writer = _SqliteConnection(writer, busy_timeout)
+        self._grouped = reader is not writer
         self._write_lock = asyncio.Lock()
+        self._group: _Group | None = None  # the group whose transaction is open
+        self._ending: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteConnection]:
-        """One writer at a time in this process, and across processes SQLite's write lock. The
-        wait for both together is bounded by the busy timeout (then 503), however long the line."""
+        """One transaction at a time in this process, and across processes SQLite's write lock.
+        The wait for both together is bounded by the busy timeout (then 503), however long the
+        line; so is the wait for the COMMIT."""
         deadline = _deadline(self._busy_timeout)
         await _take_turn(self._write_lock, deadline)
         try:
-            await _unless_busy(lambda: self._connection.execute("BEGIN IMMEDIATE"), deadline)
+            group = await self._open_group(deadline)
+            self._writer._connection.execute("SAVEPOINT member")
             try:
-                yield self
-            except BaseException:
-                self._rollback()
-                raise
-            await self._commit()
+                yield self._writer
+            except BaseException as exc:
+                self._end_member(group, "ROLLBACK TO member", "RELEASE member")
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: nothing more to answer
+                failed: Exception | None = exc
+            else:
+                failed = self._end_member(group, "RELEASE member")
+            outcome = self._join(group)
+            if not self._grouped:
+                await self._finish(group)
         finally:
             self._write_lock.release()
+        await outcome  # raises DatabaseUnavailable when the group's COMMIT failed
+        if failed is not None:
+            raise failed
+
+    async def _open_group(self, deadline: float) -> _Group:
+        """The open group, or a new one with its `BEGIN IMMEDIATE` (the caller holds the turn)."""
+        group = self._group
+        if group is not None and not group.lost and self._writer._connection.in_transaction:
+            return group
+        if group is not None:  # its transaction is gone or must go: its end must not take ours
+            group.lost = True
+            self._rollback()
+        self._group = None
+        writer = self._writer._connection
+        await _unless_busy(lambda: writer.execute("BEGIN IMMEDIATE"), deadline)
+        group = self._group = _Group()
+        if self._grouped:
+            task = asyncio.get_running_loop().create_task(self._end(group))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+        return group
+
+    def _end_member(self, group: _Group, *statements: str) -> DatabaseUnavailable | None:
+        """Keeps or takes back a member's writes. When that fails, or SQLite rolled the whole
+        transaction back under the member (it does after some errors: a full disk, an I/O
+        error), the group is lost: none of its members' writes will be kept."""
+        writer = self._writer._connection
+        try:
+            for statement in statements:
+                writer.execute(statement)
+        except sqlite3.Error as exc:
+            group.lost = True
+            unavailable = DatabaseUnavailable()
+            unavailable.__cause__ = exc
+            return unavailable
+        if not writer.in_transaction:
+            group.lost = True
+        return None
+
+    @staticmethod
+    def _join(group: _Group) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+        group.waiters.append(waiter)
+        return waiter
+
+    async def _end(self, group: _Group) -> None:
+        """Ends `group` once no member is in the middle of its work."""
+        async with self._write_lock:
+            await self._finish(group)
+
+    async def _finish(self, group: _Group) -> None:
+        """COMMITs `group` and tells its members how that went (the caller holds the turn)."""
+        ours = self._group is group
+        if ours:
+            self._group = None
+        try:
+            if group.lost:
+                if ours:
+                    self._rollback()
+                raise DatabaseUnavailable()
+            await self._commit()
+        except BaseException as exc:
+            for waiter in group.waiters:
+                if not waiter.done():
+                    unavailable = DatabaseUnavailable()
+                    unavailable.__cause__ = exc
+                    waiter.set_exception(unavailable)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for waiter in group.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _commit(self) -> None:
         """COMMIT, tried again while busy (SQLite allows that); when it fails for good the
         transaction is rolled back, so that the connection never stays inside it."""
+        writer = self._writer._connection
         try:
-            await _unless_busy(
-                lambda: self._connection.execute("COMMIT"), _deadline(self._busy_timeout)
-            )
+            await _unless_busy(lambda: writer.execute("COMMIT"), _deadline(self._busy_timeout))
         except BaseException:
             self._rollback()
             raise
 
     def _rollback(self) -> None:
-        if self._connection.in_transaction:
-            self._connection.execute("ROLLBACK")
+        if self._writer._connection.in_transaction:
+            self._writer._connection.execute("ROLLBACK")
 
     async def close(self) -> None:
+        """Commits the open group (its members are waiting for it), then closes."""
+        while self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)
+        self._writer._connection.close()
         self._connection.close()
 
 

@@ -25,7 +25,8 @@ def _listed(client, headers) -> list[dict]:
 
 def _query(client, sql: str, params: dict | None = None) -> list:
     async def run() -> list:
-        return list(await client.app.state.db.fetch_all(sql, params))
+        async with client.app.state.db.transaction() as tx:
+            return list(await tx.fetch_all(sql, params))
 
     rows: list = client.portal.call(run)
     return rows
