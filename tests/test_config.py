@@ -368,3 +368,18 @@ def test_load_settings_with_bad_dotenv_value_refuses_naming_the_variable(tmp_pat
     )
 
     assert_sentence(refusal(), "TIMESHEETS_ALGORITHMS")
+
+
+def test_the_served_app_keeps_what_it_built_at_start_out_of_the_garbage_collectors_walks(valid_env):
+    import gc
+
+    from timesheets.app import create_app_from_env
+
+    gc.unfreeze()
+    try:
+        create_app_from_env()
+        frozen = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+
+    assert frozen > 10_000  # the modules, routes and validators, walked by no collection
