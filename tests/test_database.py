@@ -438,3 +438,19 @@ def test_an_idle_postgres_connection_is_replaced_after_its_lifetime(postgres_dat
 
     assert first == again  # kept while fresh
     assert later != first  # idle too long: closed, a new one opened
+
+
+def test_times_are_written_in_utc_with_microseconds_a_z_and_four_digit_years():
+    import datetime as dt
+
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+
+    assert db.utc_text(dt.datetime(2017, 7, 10, 14, 32, 11, tzinfo=plus_two)) == (
+        "2017-07-10T12:32:11.000000Z"
+    )
+    assert db.utc_text(dt.datetime(2026, 11, 29, 13, 0, 0, 123456, tzinfo=dt.UTC)) == (
+        "2026-11-29T13:00:00.123456Z"
+    )
+    early = db.utc_text(dt.datetime(999, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    assert early == "0999-01-02T03:04:05.000000Z"
+    assert early < db.utc_text(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))  # texts sort as times
