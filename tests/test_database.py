@@ -329,6 +329,53 @@ def test_a_group_whose_commit_fails_answers_every_member_unavailable_and_keeps_n
     assert _names(path) == ["after"]
 
 
+def test_a_refused_member_of_a_group_whose_commit_fails_is_told_to_retry(tmp_path):
+    """Its refusal may rest on another member's writes, which are not kept: 503, not its 4xx."""
+    path = _sqlite_file(tmp_path)
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        setup.execute(
+            "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+    async def orphan(database: db.SqliteDatabase) -> None:
+        async with database.transaction() as tx:
+            await tx.fetch_all("INSERT INTO child VALUES (42)")
+
+    async def scenario() -> list[str]:
+        database = db.SqliteDatabase(path)
+        outcomes = await asyncio.gather(
+            orphan(database), _insert(database, "refused", fail=True), return_exceptions=True
+        )
+        alone = await asyncio.gather(
+            _insert(database, "refused", fail=True), return_exceptions=True
+        )  # in a group that commits: its own error
+        await database.close()
+        return [type(o).__name__ for o in [*outcomes, *alone]]
+
+    unavailable = "DatabaseUnavailable"
+    assert asyncio.run(scenario()) == [unavailable, unavailable, "LookupError"]
+
+
+def test_closing_the_database_answers_a_writer_waiting_for_another_process_unavailable(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> None:
+        database = db.SqliteDatabase(path)
+        other = _held_elsewhere(path)
+        writer = asyncio.ensure_future(_insert(database, "late"))
+        await asyncio.sleep(0.05)  # it polls for the lock
+        await database.close()
+        with pytest.raises(db.DatabaseUnavailable):
+            await asyncio.wait_for(writer, 2)
+        other.execute("ROLLBACK")
+        other.close()
+
+    asyncio.run(scenario())
+    assert _names(path) == []
+
+
 def test_a_transaction_ends_only_once_its_writes_are_committed(tmp_path):
     path = _sqlite_file(tmp_path)
 

@@ -245,12 +245,18 @@ class SqliteDatabase(_SqliteConnection):
         self._write_lock = asyncio.Lock()
         self._group: _Group | None = None  # the group whose transaction is open
         self._ending: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteConnection]:
         """One transaction at a time in this process, and across processes SQLite's write lock.
         The wait for both together is bounded by the busy timeout (then 503), however long the
-        line; so is the wait for the COMMIT."""
+        line; the COMMIT follows on the event loop's next turn (no body waits while it holds
+        the turn).
+
+        A body that raised is answered with its own error once its group has committed, or
+        with DatabaseUnavailable when that COMMIT failed: its error may rest on what another
+        member wrote, and a retry will find out."""
         deadline = _deadline(self._busy_timeout)
         await _take_turn(self._write_lock, deadline)
         try:
@@ -281,16 +287,20 @@ class SqliteDatabase(_SqliteConnection):
             return group
         if group is not None:  # its transaction is gone or must go: its end must not take ours
             group.lost = True
-            self._rollback()
         self._group = None
-        writer = self._writer._connection
-        await _unless_busy(lambda: writer.execute("BEGIN IMMEDIATE"), deadline)
+        self._rollback()  # a transaction that nothing owns any more (a ROLLBACK that failed)
+        await _unless_busy(self._begin, deadline)
         group = self._group = _Group()
         if self._grouped:
             task = asyncio.get_running_loop().create_task(self._end(group))
             self._ending.add(task)
             task.add_done_callback(self._ending.discard)
         return group
+
+    def _begin(self) -> None:
+        if self._closed:
+            raise DatabaseUnavailable()
+        self._writer._connection.execute("BEGIN IMMEDIATE")
 
     def _end_member(self, group: _Group, *statements: str) -> DatabaseUnavailable | None:
         """Keeps or takes back a member's writes. When that fails, or SQLite rolled the whole
@@ -356,10 +366,15 @@ class SqliteDatabase(_SqliteConnection):
 
     def _rollback(self) -> None:
         if self._writer._connection.in_transaction:
-            self._writer._connection.execute("ROLLBACK")
+            try:
+                self._writer._connection.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise DatabaseUnavailable() from exc
 
     async def close(self) -> None:
-        """Commits the open group (its members are waiting for it), then closes."""
+        """Commits the open group (its members are waiting for it), then closes. A writer
+        still waiting for another process's lock gets DatabaseUnavailable."""
+        self._closed = True
         while self._ending:
             await asyncio.gather(*self._ending, return_exceptions=True)
         self._writer._connection.close()

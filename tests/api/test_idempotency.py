@@ -83,7 +83,6 @@ def test_create_with_same_key_by_another_caller_is_independent(client, ann, make
 
 
 def test_create_with_key_while_first_in_flight_is_409(client, ann, monkeypatch):
-    monkeypatch.setattr(idempotency, "WAIT_SECONDS", 0.1)
     body = {"project": "StoreZero", "date": "2017-07-10", "hours": 7.5}
     # Another process has claimed the key and is still working on it.
     claim_ = client.portal.call(
@@ -277,3 +276,66 @@ def test_create_retry_storm_across_two_servers_on_postgres_creates_one_entry(
     ):
         responses = asyncio.run(_storm([first, second], ann))
         _assert_one_entry_and_identical_answers(responses, first, ann)
+
+
+def test_a_request_cancelled_while_its_write_commits_keeps_its_key_so_a_retry_writes_nothing(
+    tmp_path, sqlite_template
+):
+    import shutil
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from timesheets import db
+    from timesheets.routes.idempotent import respond_once
+    from timesheets.routes.timesheets import _created
+
+    path = str(tmp_path / "cancelled.db")
+    shutil.copy(sqlite_template, path)
+    principal = SimpleNamespace(user_id="ann", subject="ann", client_id=None)
+    payload = {"date": "2026-01-05", "project": "p", "hours": 1}
+
+    async def scenario() -> tuple[int, str | None, int, int]:
+        database = db.SqliteDatabase(path)
+
+        async def post():
+            request = Request(
+                {
+                    "type": "http",
+                    "method": "POST",
+                    "path": "/timesheets",
+                    "query_string": b"",
+                    "headers": [(b"idempotency-key", b"key-1")],
+                    "app": SimpleNamespace(state=SimpleNamespace(db=database)),
+                }
+            )
+
+            async def run(before_commit):
+                return await service.create_entries(
+                    database,
+                    entries=[service.NewEntry("ann", dt.date(2026, 1, 5), "p", 100)],
+                    actor=service.Actor("ann", "ann"),
+                    before_commit=before_commit,
+                )
+
+            return await respond_once(request, principal, payload, run, _created)
+
+        def waits_for_its_commit() -> bool:
+            writer = database._writer._connection  # sees the group's rows before its COMMIT
+            written = writer.execute("SELECT count(*) FROM timesheet_entry").fetchone()[0]
+            return bool(written) and database._group is not None and bool(database._group.waiters)
+
+        first = asyncio.ensure_future(post())
+        while not waits_for_its_commit():  # the key claimed, the work written
+            await asyncio.sleep(0)
+        first.cancel()  # a shutdown's deadline, say
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        retry = await post()  # the client tries again with the same key
+        rows = await database.fetch_all("SELECT count(*) FROM timesheet_entry")
+        keys = await database.fetch_all("SELECT count(*) FROM idempotency_key")
+        await database.close()
+        return retry.status_code, retry.headers.get("idempotent-replayed"), rows[0][0], keys[0][0]
+
+    # the first answer replayed; the entry written once
+    assert asyncio.run(scenario()) == (201, "true", 1, 1)

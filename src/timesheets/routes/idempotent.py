@@ -36,7 +36,8 @@ async def respond_once(
 
     The answer is stored in the transaction of the work (`run` passes the hook on to the
     service); a refusal (4xx) is stored as the final answer too; after a failure of our own
-    (5xx, or anything unexpected) the key is forgotten, so that a retry may do the work.
+    (5xx, or anything unexpected) the key is forgotten, so that a retry may do the work. A
+    cancelled request keeps its claim until the lease ends (a retry meanwhile gets 409).
     """
     key = idempotency_key(request)
     if key is None:
@@ -64,9 +65,13 @@ async def respond_once(
         refusal = JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
         await idempotency.complete_alone(db, claim, _stored(refusal))
         return refusal
-    except BaseException:
+    except Exception:
         await idempotency.release(db, claim)
         raise
+    # Cancelled (a shutdown's deadline): the claim is kept until its lease ends, not forgotten.
+    # The work may be committed all the same (SQLite commits a group after its members have
+    # written; PostgreSQL may have a COMMIT on the wire), and a forgotten key beside committed
+    # work would let a retry do it twice.
     return answers[-1]
 
 
