@@ -228,20 +228,30 @@ def test_queued_sqlite_writers_each_wait_at_most_the_busy_timeout(tmp_path):
     assert all(0.3 <= seconds < 0.6 for seconds in waited), waited
 
 
-def test_a_sqlite_commit_that_fails_is_unavailable_and_leaves_no_transaction_behind(tmp_path):
-    path = str(tmp_path / "deferred.db")
+def _deferred_file(path: str) -> str:
+    """A database whose `child` rows are checked against `parent` only at COMMIT."""
     with sqlite3.connect(path) as setup:
         setup.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
         setup.execute(
             "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) "
             "DEFERRABLE INITIALLY DEFERRED)"
         )
+    return path
+
+
+async def _orphan(database: db.SqliteDatabase) -> None:
+    """A transaction whose COMMIT fails (a `_deferred_file`'s child without its parent)."""
+    async with database.transaction() as tx:
+        await tx.fetch_all("INSERT INTO child VALUES (42)")
+
+
+def test_a_sqlite_commit_that_fails_is_unavailable_and_leaves_no_transaction_behind(tmp_path):
+    path = _deferred_file(_sqlite_file(tmp_path))
 
     async def scenario() -> list[int]:
         database = db.SqliteDatabase(path)
         with pytest.raises(db.DatabaseUnavailable) as refused:  # checked only at COMMIT
-            async with database.transaction() as tx:
-                await tx.fetch_all("INSERT INTO child VALUES (42)")
+            await _orphan(database)
         assert isinstance(refused.value.__cause__, sqlite3.IntegrityError)
         async with database.transaction() as tx:  # not "within a transaction", not stuck
             await tx.fetch_all("INSERT INTO parent VALUES (1)")
@@ -302,22 +312,12 @@ def test_a_failed_member_of_a_group_leaves_nothing_and_the_others_are_kept(tmp_p
 
 
 def test_a_group_whose_commit_fails_answers_every_member_unavailable_and_keeps_nothing(tmp_path):
-    path = _sqlite_file(tmp_path)
-    with sqlite3.connect(path) as setup:
-        setup.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
-        setup.execute(
-            "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) "
-            "DEFERRABLE INITIALLY DEFERRED)"
-        )
-
-    async def orphan(database: db.SqliteDatabase) -> None:
-        async with database.transaction() as tx:
-            await tx.fetch_all("INSERT INTO child VALUES (42)")  # refused only at COMMIT
+    path = _deferred_file(_sqlite_file(tmp_path))
 
     async def scenario() -> list[object]:
         database = db.SqliteDatabase(path)
         outcomes = await asyncio.gather(
-            _insert(database, "a"), orphan(database), _insert(database, "b"),
+            _insert(database, "a"), _orphan(database), _insert(database, "b"),
             return_exceptions=True,
         )  # fmt: skip
         after = await _insert(database, "after")  # the connection is out of the failed group
@@ -331,22 +331,12 @@ def test_a_group_whose_commit_fails_answers_every_member_unavailable_and_keeps_n
 
 def test_a_refused_member_of_a_group_whose_commit_fails_is_told_to_retry(tmp_path):
     """Its refusal may rest on another member's writes, which are not kept: 503, not its 4xx."""
-    path = _sqlite_file(tmp_path)
-    with sqlite3.connect(path) as setup:
-        setup.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
-        setup.execute(
-            "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) "
-            "DEFERRABLE INITIALLY DEFERRED)"
-        )
-
-    async def orphan(database: db.SqliteDatabase) -> None:
-        async with database.transaction() as tx:
-            await tx.fetch_all("INSERT INTO child VALUES (42)")
+    path = _deferred_file(_sqlite_file(tmp_path))
 
     async def scenario() -> list[str]:
         database = db.SqliteDatabase(path)
         outcomes = await asyncio.gather(
-            orphan(database), _insert(database, "refused", fail=True), return_exceptions=True
+            _orphan(database), _insert(database, "refused", fail=True), return_exceptions=True
         )
         alone = await asyncio.gather(
             _insert(database, "refused", fail=True), return_exceptions=True
