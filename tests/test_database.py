@@ -491,3 +491,34 @@ def test_times_are_written_in_utc_with_microseconds_a_z_and_four_digit_years():
     early = db.utc_text(dt.datetime(999, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
     assert early == "0999-01-02T03:04:05.000000Z"
     assert early < db.utc_text(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))  # texts sort as times
+
+
+def _start_together(path: str, barrier, failures: list[BaseException]) -> None:
+    barrier.wait()
+    try:
+        db.SqliteDatabase(path)
+    except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        failures.append(exc)
+
+
+def test_workers_opening_a_new_sqlite_file_together_all_start(tmp_path):
+    """Switching a new file to WAL: connections that try at the same moment can each hold the lock
+    the other needs, and SQLite then says "locked" without waiting (workers starting together)."""
+    import threading
+
+    failures: list[BaseException] = []
+    for trial in range(60):
+        path = str(tmp_path / f"new-{trial}.db")
+        with sqlite3.connect(path) as setup:  # a file in the default (rollback) journal mode
+            setup.execute("CREATE TABLE t (name TEXT)")
+        barrier = threading.Barrier(8)
+        threads = [
+            threading.Thread(target=_start_together, args=(path, barrier, failures))
+            for _ in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    assert failures == []

@@ -195,11 +195,26 @@ def _open_sqlite(path: str, busy_timeout: float) -> sqlite3.Connection:
     connection = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
     )
-    connection.execute("PRAGMA journal_mode=WAL")
+    _use_wal(connection, busy_timeout)
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA foreign_keys=ON")
     connection.execute("PRAGMA busy_timeout=0")
     return connection
+
+
+def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
+    """WAL journal mode (it stays with the file once set). Connections that switch a new file at
+    the same moment (workers starting together) can each hold the lock the other needs; SQLite
+    then answers "locked" at once instead of waiting, so the switch is tried again here."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
 
 
 class _Group:
