@@ -326,8 +326,12 @@ def test_a_request_cancelled_while_its_write_commits_keeps_its_key_so_a_retry_wr
             return bool(written) and database._group is not None and bool(database._group.waiters)
 
         first = asyncio.ensure_future(post())
-        while not waits_for_its_commit():  # the key claimed, the work written
+        for _ in range(1000):  # a few turns of the event loop, at most
+            if waits_for_its_commit():  # the key claimed, the work written
+                break
             await asyncio.sleep(0)
+        else:
+            raise AssertionError("the write never waited for its COMMIT")
         first.cancel()  # a shutdown's deadline, say
         with pytest.raises(asyncio.CancelledError):
             await first
