@@ -390,6 +390,51 @@ def test_a_transaction_ends_only_once_its_writes_are_committed(tmp_path):
     assert asyncio.run(scenario()) == [[], ["inside", "x", "y"], ["inside", "x", "y"]]
 
 
+def test_a_member_cancelled_in_the_middle_of_its_work_leaves_nothing_and_frees_the_writer(
+    tmp_path,
+):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> str:
+        database = db.SqliteDatabase(path)
+        entered = asyncio.Event()
+
+        async def slow() -> None:
+            async with database.transaction() as tx:
+                await tx.fetch_all("INSERT INTO t VALUES ('cancelled')")
+                entered.set()
+                await asyncio.sleep(10)  # holds the turn: a shutdown's deadline cancels it
+
+        member = asyncio.ensure_future(slow())
+        await entered.wait()
+        member.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await member
+        after = await asyncio.wait_for(_insert(database, "after"), 2)
+        await database.close()
+        return after
+
+    assert asyncio.run(scenario()) == "after"
+    assert _names(path) == ["after"]
+
+
+def test_a_transaction_left_open_by_nobody_is_rolled_back_before_the_next_one(tmp_path):
+    """As after a ROLLBACK that failed: the writer must not stay inside it for good."""
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> str:
+        database = db.SqliteDatabase(path)
+        writer = database._writer._connection
+        writer.execute("BEGIN")
+        writer.execute("INSERT INTO t VALUES ('orphaned')")
+        after = await _insert(database, "after")
+        await database.close()
+        return after
+
+    assert asyncio.run(scenario()) == "after"
+    assert _names(path) == ["after"]
+
+
 def test_closing_the_database_commits_the_group_its_members_wait_for(tmp_path):
     path = _sqlite_file(tmp_path)
 

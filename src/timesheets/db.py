@@ -217,6 +217,12 @@ def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
         time.sleep(0.005)
 
 
+def _unavailable(cause: BaseException) -> DatabaseUnavailable:
+    unavailable = DatabaseUnavailable()
+    unavailable.__cause__ = cause
+    return unavailable
+
+
 class _Group:
     """The transactions that one `BEGIN IMMEDIATE ... COMMIT` carries (group commit)."""
 
@@ -224,7 +230,7 @@ class _Group:
 
     def __init__(self) -> None:
         self.waiters: list[asyncio.Future[None]] = []  # one per member, told how the COMMIT went
-        self.lost = False  # SQLite rolled the whole transaction back under a member
+        self.lost = False  # its transaction is or will be rolled back: nothing of it is kept
 
 
 class SqliteDatabase(_SqliteConnection):
@@ -327,9 +333,7 @@ class SqliteDatabase(_SqliteConnection):
                 writer.execute(statement)
         except sqlite3.Error as exc:
             group.lost = True
-            unavailable = DatabaseUnavailable()
-            unavailable.__cause__ = exc
-            return unavailable
+            return _unavailable(exc)
         if not writer.in_transaction:
             group.lost = True
         return None
@@ -359,9 +363,7 @@ class SqliteDatabase(_SqliteConnection):
         except BaseException as exc:
             for waiter in group.waiters:
                 if not waiter.done():
-                    unavailable = DatabaseUnavailable()
-                    unavailable.__cause__ = exc
-                    waiter.set_exception(unavailable)
+                    waiter.set_exception(_unavailable(exc))
             if not isinstance(exc, Exception):
                 raise
             return

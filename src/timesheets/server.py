@@ -230,10 +230,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers 400 to any error the parser raises, ours included.
-        self._flush_held()
         if self._refused:
             self._refuse_head()
         else:
+            self._flush_held()
             super().send_400_response(msg)
 
     def _refuse_head(self) -> None:

@@ -37,7 +37,8 @@ async def respond_once(
     The answer is stored in the transaction of the work (`run` passes the hook on to the
     service); a refusal (4xx) is stored as the final answer too; after a failure of our own
     (5xx, or anything unexpected) the key is forgotten, so that a retry may do the work. A
-    cancelled request keeps its claim until the lease ends (a retry meanwhile gets 409).
+    cancelled request keeps its claim: a retry replays the answer if the work was committed,
+    and otherwise waits, then gets 409, until the lease ends.
     """
     key = idempotency_key(request)
     if key is None:
