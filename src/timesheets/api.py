@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -57,6 +58,20 @@ class Operation:
         return Route(self.path, _Endpoint(self), methods=[self.method], name=self.name)
 
 
+_NO_QUERY = QueryParams()
+
+
+class _Request(Request):
+    """Starlette's Request, which parses the query string even when there is none (most requests):
+    those share one empty, immutable QueryParams."""
+
+    @property
+    def query_params(self) -> QueryParams:
+        if not self.scope["query_string"]:
+            return _NO_QUERY
+        return super().query_params
+
+
 class _Endpoint:
     """An operation as a plain ASGI app. Starlette would wrap a function endpoint in one more
     layer that catches errors; the application's ExceptionMiddleware, one level up, already
@@ -67,7 +82,7 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         operation = self.operation
-        request = Request(scope, receive, send)
+        request = _Request(scope, receive, send)
         principal = await authenticate(request, operation.scope, *operation.also)
         response = await operation.handler(request, principal)
         await response(scope, receive, send)
@@ -89,14 +104,23 @@ async def authenticate(request: Request, scope: str | None, *also: str) -> Princ
         MissingToken, InvalidToken, KeySourceUnavailable, InsufficientScope.
     """
     verifier: TokenVerifier = request.app.state.verifier
-    principal = await verifier.verify(bearer_token(request.headers.get("authorization")))
-    request.state.principal = principal  # for the request log
+    principal = await verifier.verify(bearer_token(_authorization(request.scope["headers"])))
+    request.scope.setdefault("state", {})["principal"] = principal  # for the request log
     limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is not None:
         limiter.check(principal.subject)
     if scope is not None and not any(principal.has_scope(name) for name in (scope, *also)):
         raise InsufficientScope(scope)
     return principal
+
+
+def _authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The first Authorization header's value (as `request.headers.get` would give it, without
+    building the Headers object)."""
+    for name, value in headers:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
 
 
 def path_id(request: Request) -> int:

@@ -96,7 +96,12 @@ def utc_text(value: dt.datetime) -> str:
     return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
+_AS_IS = frozenset({str, int, float, bytes, type(None)})
+
+
 def _sqlite_value(value: Any) -> Any:
+    if type(value) in _AS_IS:  # most parameters: nothing to convert
+        return value
     if isinstance(value, dt.datetime):
         return utc_text(value)
     if isinstance(value, dt.date):
