@@ -58,18 +58,28 @@ class Operation:
         return Route(self.path, _Endpoint(self), methods=[self.method], name=self.name)
 
 
-_NO_QUERY = QueryParams()
+class _QueryParams(QueryParams):
+    """Starlette's QueryParams, whose `get` of a missing name returns the default without raising
+    and catching a KeyError (Mapping.get's way): a list request asks for six names it rarely has."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._dict.get(key, default)
+
+
+_NO_QUERY = _QueryParams()
 
 
 class _Request(Request):
-    """Starlette's Request, which parses the query string even when there is none (most requests):
-    those share one empty, immutable QueryParams."""
+    """Starlette's Request, with `_QueryParams`; requests without a query string (most) share one
+    empty, immutable instance instead of parsing an empty string."""
 
     @property
     def query_params(self) -> QueryParams:
         if not self.scope["query_string"]:
             return _NO_QUERY
-        return super().query_params
+        if not hasattr(self, "_query_params"):
+            self._query_params = _QueryParams(self.scope["query_string"])
+        return self._query_params
 
 
 class _Endpoint:
