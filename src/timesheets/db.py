@@ -96,12 +96,10 @@ def utc_text(value: dt.datetime) -> str:
     return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
-_AS_IS = frozenset({str, int, float, bytes, type(None)})
+_AS_IS = frozenset({str, int, float, bytes, type(None)})  # most parameters: nothing to convert
 
 
 def _sqlite_value(value: Any) -> Any:
-    if type(value) in _AS_IS:  # most parameters: nothing to convert
-        return value
     if isinstance(value, dt.datetime):
         return utc_text(value)
     if isinstance(value, dt.date):
@@ -110,7 +108,10 @@ def _sqlite_value(value: Any) -> Any:
 
 
 def _sqlite_params(params: Params | None) -> dict[str, Any]:
-    return {name: _sqlite_value(value) for name, value in (params or {}).items()}
+    return {
+        name: value if type(value) in _AS_IS else _sqlite_value(value)
+        for name, value in (params or {}).items()
+    }
 
 
 # How long a statement waits for another process to let go of the database (then 503), and the

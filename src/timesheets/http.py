@@ -5,7 +5,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
@@ -48,17 +48,21 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"at most {max_bytes} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                raise PayloadTooLarge(f"at most {max_bytes} bytes")
-    except ClientDisconnect:
-        # The connection ended before the body did (a phone losing its network, a refused
-        # trailer): nothing was read whole, nothing is done, and nobody is left to answer.
-        raise MalformedBody("the request body ended early") from None
-    return bytes(body)
+    chunks: list[bytes] = []
+    size = 0
+    while True:  # the ASGI messages themselves: Starlette's stream() adds a generator a request
+        message = await request.receive()
+        if message["type"] != "http.request":
+            # The connection ended before the body did (a phone losing its network, a refused
+            # trailer): nothing was read whole, nothing is done, and nobody is left to answer.
+            raise MalformedBody("the request body ended early")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"at most {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def read_payload(request: Request, max_bytes: int) -> Any:

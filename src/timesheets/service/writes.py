@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import audit
-from ..db import Connection, Database, Row
+from ..db import Connection, Database, Row, utc_text
 from ..errors import Conflict, PreconditionFailed, ValidationFailed
 from ..inputs import MAX_HOUR_CENTS
 from .entries import (
@@ -67,9 +67,10 @@ async def insert_entry(
 ) -> EntryDocument:
     """Writes the new entry whole, its document included: the id is taken first."""
     entry_id = await tx.next_id("timesheet_entry")
+    stamp = utc_text(now)  # created and updated: formatted once
     document = render(
         (entry_id, entry.user_id, entry.work_date, entry.project, entry.hours_cents, entry.notes)
-        + (EntryStatus.PENDING.value, None, now, now, 1, entry.external_ref, None)
+        + (EntryStatus.PENDING.value, None, stamp, stamp, 1, entry.external_ref, None)
     )
     await tx.fetch_all(
         "INSERT INTO timesheet_entry (id, user_id, work_date, project, hours_cents, notes, "

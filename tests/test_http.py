@@ -1,0 +1,55 @@
+"""Reading request bodies from the ASGI messages themselves."""
+
+import asyncio
+
+import pytest
+from starlette.requests import Request
+
+from timesheets.errors import MalformedBody, PayloadTooLarge
+from timesheets.http import read_body
+
+
+def _request(*messages: dict) -> Request:
+    queue = list(messages)
+
+    async def receive() -> dict:
+        return queue.pop(0)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+    return Request(scope, receive)
+
+
+def _read(request: Request, max_bytes: int = 100) -> bytes:
+    return asyncio.run(read_body(request, max_bytes))
+
+
+def test_a_body_sent_in_several_messages_is_read_whole():
+    request = _request(
+        {"type": "http.request", "body": b'{"a":', "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": True},
+        {"type": "http.request", "body": b"1}"},
+    )
+    assert _read(request) == b'{"a":1}'
+
+
+def test_a_request_without_a_body_reads_as_empty():
+    assert _read(_request({"type": "http.request"})) == b""
+
+
+def test_a_connection_that_ends_before_the_body_does_is_a_malformed_body():
+    request = _request(
+        {"type": "http.request", "body": b'{"a":', "more_body": True},
+        {"type": "http.disconnect"},
+    )
+    with pytest.raises(MalformedBody):
+        _read(request)
+
+
+def test_a_body_growing_past_the_limit_is_refused_at_the_message_that_crosses_it():
+    request = _request(
+        {"type": "http.request", "body": b"x" * 60, "more_body": True},
+        {"type": "http.request", "body": b"x" * 60, "more_body": True},
+        {"type": "http.disconnect"},  # never read: refused before
+    )
+    with pytest.raises(PayloadTooLarge):
+        _read(request)
