@@ -1,10 +1,12 @@
-"""Reading request bodies from the ASGI messages themselves."""
+"""Reading requests: bodies from the ASGI messages themselves, query parameters as Starlette does."""
 
 import asyncio
 
 import pytest
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
+from timesheets.api import _Request
 from timesheets.errors import MalformedBody, PayloadTooLarge
 from timesheets.http import read_body
 
@@ -53,3 +55,14 @@ def test_a_body_growing_past_the_limit_is_refused_at_the_message_that_crosses_it
     )
     with pytest.raises(PayloadTooLarge):
         _read(request)
+
+
+@pytest.mark.parametrize("query", [b"", b"status=", b"a=1&a=2", b"a&b=", b"=x", b"&", b"a=%00"])
+def test_query_parameters_read_as_starlettes_do(query):
+    ours = _Request({"type": "http", "query_string": query, "headers": []}).query_params
+    theirs = QueryParams(query)
+    assert ours.multi_items() == theirs.multi_items() and str(ours) == str(theirs)
+    for name in ("a", "b", "status", "", "missing"):
+        assert ours.get(name) == theirs.get(name)
+        assert ours.get(name, "default") == theirs.get(name, "default")
+        assert (name in ours) == (name in theirs)

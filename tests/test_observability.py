@@ -6,12 +6,14 @@ import re
 
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import StreamingResponse
 from starlette.testclient import TestClient
 
 from timesheets import app as app_module
 from timesheets import service
 from timesheets.app import create_app
+from timesheets.errors import NotFound
 from timesheets.observability import AccessLog
 from timesheets.routes import timesheets as timesheets_routes
 
@@ -91,15 +93,20 @@ def test_a_500_to_a_browser_carries_the_cors_headers_one_request_id_and_one_log_
     assert _logged(stream) == [("b-1", 500)]
 
 
+@pytest.mark.parametrize(
+    "error",
+    [ZeroDivisionError("a bug while streaming"), NotFound("an API error after the start")],
+    ids=["unexpected", "api_error"],
+)
 def test_an_error_after_the_response_started_is_not_answered_a_second_time(
-    settings, ann, monkeypatch, caplog
+    settings, ann, monkeypatch, caplog, error
 ):
-    async def half_then_a_bug():
+    async def half_then_an_error():
         yield b"["
-        raise ZeroDivisionError("a bug while streaming")
+        raise error
 
     def streamed(*args, **kwargs):
-        return StreamingResponse(half_then_a_bug(), media_type="application/json")
+        return StreamingResponse(half_then_an_error(), media_type="application/json")
 
     monkeypatch.setattr(timesheets_routes, "paged_response", streamed)
     app, stream = _app_logging_to(settings)
@@ -110,7 +117,7 @@ def test_an_error_after_the_response_started_is_not_answered_a_second_time(
     assert response.status_code == 200 and response.content == b"["
     errors = _unhandled(caplog)
     assert len(errors) == 1 and errors[0].request_id == "s-1"
-    assert errors[0].exc_info[0] is ZeroDivisionError  # the error itself, not a wrapper
+    assert errors[0].exc_info[0] is type(error)  # the error itself, not a wrapper
     assert _logged(stream) == [("s-1", 200)]
 
 
@@ -248,3 +255,25 @@ def test_request_metrics_counted_last_are_flushed_when_the_app_stops(settings):
         if sample.name == "timesheets_requests_total" and sample.labels["route"] == "/healthz"
     ]
     assert counted == [1.0]
+
+
+def test_an_error_in_the_cors_layer_itself_gets_the_json_500_with_the_request_id(
+    settings, monkeypatch, caplog
+):
+    def broken(self, request_headers):
+        raise RuntimeError("a bug in the preflight")
+
+    monkeypatch.setattr(CORSMiddleware, "preflight_response", broken)
+    spa = "https://spa.example.com"
+    app, stream = _app_logging_to(settings.model_copy(update={"cors_origins": (spa,)}))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.options(
+            "/timesheets",
+            headers={"Origin": spa, "Access-Control-Request-Method": "GET", "X-Request-ID": "c-1"},
+        )
+
+    assert response.status_code == 500 and response.json()["error"] == "internal_error"
+    assert response.headers["X-Request-ID"] == "c-1"
+    errors = _unhandled(caplog)
+    assert len(errors) == 1 and errors[0].request_id == "c-1"
+    assert _logged(stream) == [("c-1", 500)]

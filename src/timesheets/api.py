@@ -84,8 +84,7 @@ class _Request(Request):
 
 class _Endpoint:
     """An operation as a plain ASGI app. Starlette would wrap a function endpoint in one more
-    layer that catches errors; the application's ExceptionMiddleware, one level up, already
-    renders them with the same handlers."""
+    layer that catches errors; the application's error layer (app._AnswerErrors) renders them."""
 
     def __init__(self, operation: Operation) -> None:
         self.operation = operation

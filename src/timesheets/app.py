@@ -124,7 +124,13 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(RequestLog, telemetry=telemetry, access_log=request_log, vary_origin=True),
+            Middleware(
+                RequestLog,
+                telemetry=telemetry,
+                access_log=request_log,
+                vary_origin=True,
+                answer_error=_answer_outer_error,
+            ),
             Middleware(
                 _CorsMiddleware,
                 allow_origins=list(settings.cors_origins),
@@ -198,7 +204,8 @@ ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 class _Application(Starlette):
     """Starlette, with its middleware and nothing around it: errors are answered by
     `_AnswerErrors`, inside the request log and CORS, instead of by Starlette's two layers (one
-    outside everything, one inside), which cost 4 % of a `GET /timesheets` (bench/README.md)."""
+    outside everything, one inside), which cost 4 % of a `GET /timesheets` (bench/README.md).
+    An error of the CORS layer itself is answered by the request log (`_answer_outer_error`)."""
 
     def build_middleware_stack(self) -> ASGIApp:
         app: ASGIApp = self.router
@@ -213,8 +220,7 @@ class _AnswerErrors:
     page read it: by the handler of its class (the first in its method resolution order), else
     with the 500 page, which is also the answer when a handler fails. An unexpected error is
     logged once, here. One raised after the response has started cannot be answered: it is
-    logged and goes on to the server, which closes the connection. (An error in the request
-    log or CORS layers themselves reaches the server, which answers a plain 500.)"""
+    logged and goes on to the server, which closes the connection."""
 
     def __init__(self, app: ASGIApp, handlers: dict[type[Exception], ErrorHandler]) -> None:
         self.app = app
@@ -361,6 +367,11 @@ async def _render_unexpected(request: Request, exc: Exception) -> Response:
     """The 500 page; the error is logged with the request's id (the id the response carries)."""
     _log_unexpected(request, exc)
     return _error_response(500, InternalError().body(), {})
+
+
+async def _answer_outer_error(scope: Scope, exc: Exception) -> Response:
+    """The 500 page for an error of the CORS layer (which has no handler of its own)."""
+    return await _render_unexpected(Request(scope), exc)
 
 
 def _log_unexpected(request: Request, exc: Exception) -> None:

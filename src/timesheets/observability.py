@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
 import orjson
@@ -183,13 +184,17 @@ class RequestLog:
         access_log: AccessLog,
         *,
         vary_origin: bool = False,
+        answer_error: Callable[[Scope, Exception], Awaitable[Response]] | None = None,
     ) -> None:
         """With `vary_origin`, a response to a request without an Origin header gets
-        `Vary: Origin` (the CORS layer inside answers for requests with one)."""
+        `Vary: Origin` (the CORS layer inside answers for requests with one). `answer_error`
+        answers (and logs) an error that escapes the layers inside before they started a
+        response; the layers inside answer their own errors, so it sees only theirs."""
         self.app = app
         self.telemetry = telemetry
         self.access_log = access_log
         self._vary_origin = vary_origin
+        self._answer_error = answer_error
         # Generated request ids are unique, not secret: a random prefix per application (each
         # worker builds its own) and a counter cost a fraction of a uuid4 a request.
         self._id_prefix = os.urandom(8).hex()
@@ -206,7 +211,7 @@ class RequestLog:
         added = [(b"x-request-id", request_id.encode())]
         if self._vary_origin and not has_origin:
             added.append((b"vary", b"Origin"))
-        status = 500
+        status = 0  # no response started
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -218,8 +223,13 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if status or self._answer_error is None:
+                raise
+            response = await self._answer_error(scope, exc)
+            await response(scope, receive, send_with_id)
         finally:
-            self._record(scope, request_id, status, time.perf_counter() - started)
+            self._record(scope, request_id, status or 500, time.perf_counter() - started)
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFFFFFF:016x}"

@@ -225,6 +225,19 @@ def test_list_filters_by_date_range_inclusive(client, ann):
     assert _ids(client.get("/timesheets?from=2017-07-12&to=2017-07-10", headers=ann)) == []
 
 
+def test_list_takes_the_last_of_a_repeated_query_parameter(client, ann):
+    create_entry(client, ann)
+    assert client.get("/timesheets?status=bogus&status=pending", headers=ann).status_code == 200
+    assert client.get("/timesheets?status=pending&status=bogus", headers=ann).status_code == 422
+
+
+def test_the_first_of_two_authorization_headers_is_the_one_checked(client, ann):
+    good, bad = ann["Authorization"], "Bearer not-a-token"
+    both = [("Authorization", good), ("Authorization", bad)]
+    assert client.get("/timesheets", headers=both).status_code == 200
+    assert client.get("/timesheets", headers=both[::-1]).status_code == 401
+
+
 def test_list_filters_by_project_exactly(client, ann):
     store = create_entry(client, ann, project="StoreZero")
     other = create_entry(client, ann, project="Store Zero", date="2017-07-11")
