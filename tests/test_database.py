@@ -2,11 +2,15 @@
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import pytest
 
 from timesheets import db
+
+T = TypeVar("T")
 
 
 def test_postgres_connections_go_to_waiting_requests_first_come_first_served(postgres_database):
@@ -263,6 +267,19 @@ def test_a_sqlite_commit_that_fails_is_unavailable_and_leaves_no_transaction_beh
     assert asyncio.run(scenario()) == [1]
 
 
+def _on_sqlite(path: str, work: Callable[[db.SqliteDatabase], Awaitable[T]]) -> T:
+    """`work` on a SqliteDatabase of `path`, which is closed afterwards however `work` ends."""
+
+    async def scenario() -> T:
+        database = db.SqliteDatabase(path)
+        try:
+            return await work(database)
+        finally:
+            await database.close()
+
+    return asyncio.run(scenario())
+
+
 def _names(path: str) -> list[str]:
     """What another process would read: only committed rows."""
     with sqlite3.connect(path) as other:
@@ -280,52 +297,46 @@ async def _insert(database: db.SqliteDatabase, name: str, fail: bool = False) ->
 def test_sqlite_transactions_that_arrive_together_share_one_commit(tmp_path):
     path = _sqlite_file(tmp_path)
 
-    async def scenario() -> list[object]:
-        database = db.SqliteDatabase(path)
+    async def work(database: db.SqliteDatabase) -> list[object]:
         statements: list[str] = []
         database._writer._connection.set_trace_callback(statements.append)
         done = await asyncio.gather(*(_insert(database, f"n{i}") for i in range(10)))
         await _insert(database, "later")  # a transaction of its own, after the group's COMMIT
-        await database.close()
         return [*done, statements.count("COMMIT"), statements.count("BEGIN IMMEDIATE")]
 
-    assert asyncio.run(scenario()) == [*(f"n{i}" for i in range(10)), 2, 2]
+    assert _on_sqlite(path, work) == [*(f"n{i}" for i in range(10)), 2, 2]
     assert _names(path) == [*(f"n{i}" for i in range(10)), "later"]
 
 
 def test_a_failed_member_of_a_group_leaves_nothing_and_the_others_are_kept(tmp_path):
     path = _sqlite_file(tmp_path)
 
-    async def scenario() -> list[object]:
-        database = db.SqliteDatabase(path)
+    async def work(database: db.SqliteDatabase) -> list[object]:
         outcomes = await asyncio.gather(
             _insert(database, "a"),
             _insert(database, "refused", fail=True),
             _insert(database, "b"),
             return_exceptions=True,
         )
-        await database.close()
         return [type(o).__name__ if isinstance(o, BaseException) else o for o in outcomes]
 
-    assert asyncio.run(scenario()) == ["a", "LookupError", "b"]
+    assert _on_sqlite(path, work) == ["a", "LookupError", "b"]
     assert _names(path) == ["a", "b"]
 
 
 def test_a_group_whose_commit_fails_answers_every_member_unavailable_and_keeps_nothing(tmp_path):
     path = _deferred_file(_sqlite_file(tmp_path))
 
-    async def scenario() -> list[object]:
-        database = db.SqliteDatabase(path)
+    async def work(database: db.SqliteDatabase) -> list[object]:
         outcomes = await asyncio.gather(
             _insert(database, "a"), _orphan(database), _insert(database, "b"),
             return_exceptions=True,
         )  # fmt: skip
         after = await _insert(database, "after")  # the connection is out of the failed group
-        await database.close()
         return [type(o).__name__ for o in outcomes] + [after]
 
     unavailable = "DatabaseUnavailable"
-    assert asyncio.run(scenario()) == [unavailable, unavailable, unavailable, "after"]
+    assert _on_sqlite(path, work) == [unavailable, unavailable, unavailable, "after"]
     assert _names(path) == ["after"]
 
 
@@ -333,19 +344,17 @@ def test_a_refused_member_of_a_group_whose_commit_fails_is_told_to_retry(tmp_pat
     """Its refusal may rest on another member's writes, which are not kept: 503, not its 4xx."""
     path = _deferred_file(_sqlite_file(tmp_path))
 
-    async def scenario() -> list[str]:
-        database = db.SqliteDatabase(path)
+    async def work(database: db.SqliteDatabase) -> list[str]:
         outcomes = await asyncio.gather(
             _orphan(database), _insert(database, "refused", fail=True), return_exceptions=True
         )
         alone = await asyncio.gather(
             _insert(database, "refused", fail=True), return_exceptions=True
         )  # in a group that commits: its own error
-        await database.close()
         return [type(o).__name__ for o in [*outcomes, *alone]]
 
     unavailable = "DatabaseUnavailable"
-    assert asyncio.run(scenario()) == [unavailable, unavailable, "LookupError"]
+    assert _on_sqlite(path, work) == [unavailable, unavailable, "LookupError"]
 
 
 def test_closing_the_database_answers_a_writer_waiting_for_another_process_unavailable(tmp_path):
@@ -369,8 +378,7 @@ def test_closing_the_database_answers_a_writer_waiting_for_another_process_unava
 def test_a_transaction_ends_only_once_its_writes_are_committed(tmp_path):
     path = _sqlite_file(tmp_path)
 
-    async def scenario() -> list[list[str]]:
-        database = db.SqliteDatabase(path)
+    async def work(database: db.SqliteDatabase) -> list[list[str]]:
         seen: list[list[str]] = []
 
         async def write_then_look(name: str) -> None:
@@ -384,10 +392,9 @@ def test_a_transaction_ends_only_once_its_writes_are_committed(tmp_path):
             with pytest.raises(db.DatabaseUnavailable):
                 await database.fetch_all("INSERT INTO t VALUES ('read-only')")
         await asyncio.gather(write_then_look("x"), write_then_look("y"))
-        await database.close()
         return seen
 
-    assert asyncio.run(scenario()) == [[], ["inside", "x", "y"], ["inside", "x", "y"]]
+    assert _on_sqlite(path, work) == [[], ["inside", "x", "y"], ["inside", "x", "y"]]
 
 
 def test_a_member_cancelled_in_the_middle_of_its_work_leaves_nothing_and_frees_the_writer(
@@ -395,8 +402,7 @@ def test_a_member_cancelled_in_the_middle_of_its_work_leaves_nothing_and_frees_t
 ):
     path = _sqlite_file(tmp_path)
 
-    async def scenario() -> str:
-        database = db.SqliteDatabase(path)
+    async def work(database: db.SqliteDatabase) -> str:
         entered = asyncio.Event()
 
         async def slow() -> None:
@@ -410,11 +416,9 @@ def test_a_member_cancelled_in_the_middle_of_its_work_leaves_nothing_and_frees_t
         member.cancel()
         with pytest.raises(asyncio.CancelledError):
             await member
-        after = await asyncio.wait_for(_insert(database, "after"), 2)
-        await database.close()
-        return after
+        return await asyncio.wait_for(_insert(database, "after"), 2)
 
-    assert asyncio.run(scenario()) == "after"
+    assert _on_sqlite(path, work) == "after"
     assert _names(path) == ["after"]
 
 
@@ -422,16 +426,13 @@ def test_a_transaction_left_open_by_nobody_is_rolled_back_before_the_next_one(tm
     """As after a ROLLBACK that failed: the writer must not stay inside it for good."""
     path = _sqlite_file(tmp_path)
 
-    async def scenario() -> str:
-        database = db.SqliteDatabase(path)
+    async def work(database: db.SqliteDatabase) -> str:
         writer = database._writer._connection
         writer.execute("BEGIN")
         writer.execute("INSERT INTO t VALUES ('orphaned')")
-        after = await _insert(database, "after")
-        await database.close()
-        return after
+        return await _insert(database, "after")
 
-    assert asyncio.run(scenario()) == "after"
+    assert _on_sqlite(path, work) == "after"
     assert _names(path) == ["after"]
 
 

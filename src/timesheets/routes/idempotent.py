@@ -67,12 +67,12 @@ async def respond_once(
         await idempotency.complete_alone(db, claim, _stored(refusal))
         return refusal
     except Exception:
+        # Not on cancellation (a shutdown's deadline): that claim is kept until its lease ends.
+        # The work may be committed all the same (SQLite commits a group after its members have
+        # written; PostgreSQL may have a COMMIT on the wire), and a forgotten key beside
+        # committed work would let a retry do it twice.
         await idempotency.release(db, claim)
         raise
-    # Cancelled (a shutdown's deadline): the claim is kept until its lease ends, not forgotten.
-    # The work may be committed all the same (SQLite commits a group after its members have
-    # written; PostgreSQL may have a COMMIT on the wire), and a forgotten key beside committed
-    # work would let a retry do it twice.
     return answers[-1]
 
 
