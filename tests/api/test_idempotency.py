@@ -84,6 +84,7 @@ def test_create_with_same_key_by_another_caller_is_independent(client, ann, make
 
 def test_create_with_key_while_first_in_flight_is_409(client, ann, monkeypatch):
     body = {"project": "StoreZero", "date": "2017-07-10", "hours": 7.5}
+    monkeypatch.setattr(idempotency, "WAIT_SECONDS", 0.5)  # the wait for the answer, shortened
     # Another process has claimed the key and is still working on it.
     claim_ = client.portal.call(
         lambda: idempotency.claim(
