@@ -2,6 +2,7 @@
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -203,6 +204,80 @@ def test_a_cancelled_postgres_transaction_closes_its_connection_and_frees_its_tu
 
     assert first != second  # the cancelled one was in the middle of a statement: not reused
     assert all_free
+
+
+@pytest.mark.parametrize("first", ["lock", "write"])
+def test_a_postgres_transaction_is_seen_by_others_only_once_committed_and_never_if_it_raised(
+    postgres_database, first
+):
+    table = f"tx_{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        database = await db.connect(postgres_database)
+        other = await asyncpg.connect(postgres_database)
+        try:
+            await other.execute(f"CREATE TABLE {table} (n int)")
+            seen, backends = [], []
+
+            async def work(tx, n: int) -> None:
+                if first == "lock":  # BEGIN travels with the lock
+                    await tx.lock("entries:ann@example.com")
+                await tx.fetch_all(f"INSERT INTO {table} VALUES (:n)", {"n": n})
+                seen.append(await other.fetchval(f"SELECT count(*) FROM {table}"))
+                backends.append(_backend(await tx.fetch_all("SELECT pg_backend_pid()")))
+
+            async with database.transaction() as tx:
+                await work(tx, 1)
+            with pytest.raises(RuntimeError):
+                async with database.transaction() as tx:
+                    await work(tx, 2)
+                    raise RuntimeError("refused after writing")
+            rows = [r[0] for r in await other.fetch(f"SELECT n FROM {table}")]
+            backends.append(_backend(await database.fetch_all("SELECT pg_backend_pid()")))
+        finally:
+            await other.execute(f"DROP TABLE IF EXISTS {table}")
+            await other.close()
+            await database.close()
+        return seen, rows, backends
+
+    seen, rows, backends = asyncio.run(scenario())
+
+    assert seen == [0, 1]  # nothing of a transaction shows before its end
+    assert rows == [1]  # the one that raised left nothing
+    assert backends[1] == backends[2]  # and its connection, rolled back, serves on
+
+
+def test_a_postgres_lock_excludes_one_taken_the_way_earlier_versions_take_it(postgres_database):
+    key = "entries:ann@example.com"
+
+    async def scenario() -> tuple[bool, bool]:
+        database = await db.connect(postgres_database)
+        earlier = await asyncpg.connect(postgres_database)  # a process of an earlier version
+        try:
+            try_lock = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
+            async with database.transaction() as tx:
+                await tx.lock(key)
+                async with earlier.transaction():
+                    while_held = await earlier.fetchval(try_lock, key)
+            async with earlier.transaction():
+                after = await earlier.fetchval(try_lock, key)
+        finally:
+            await earlier.close()
+            await database.close()
+        return while_held, after
+
+    while_held, after = asyncio.run(scenario())
+
+    assert (while_held, after) == (False, True)
+
+
+def test_postgres_lock_numbers_are_remembered_for_the_latest_keys_only():
+    numbers = db._LockIds(size=2)
+    for n, key in enumerate(["a", "b", "c"]):
+        numbers.remember(key, n)
+
+    assert (numbers.get("a"), numbers.get("b"), numbers.get("c")) == (None, 1, 2)
+    assert len(numbers) == 2
 
 
 def test_queued_sqlite_writers_each_wait_at_most_the_busy_timeout(tmp_path):

@@ -459,10 +459,20 @@ async def _fetch(connection: Any, sql: str, params: Params | None) -> list[Row]:
 
 
 class _PostgresConnection:
-    def __init__(self, connection: Any) -> None:
+    """A transaction on one connection, begun by its first statement: a lock that comes first
+    (most writes) travels with the `BEGIN` in one message, one round trip fewer. The lock's number
+    is `hashtextextended(key, 0)`, as a lock taken in a statement of its own has always had, so
+    processes of this and earlier versions exclude each other; it is asked for once per key and
+    remembered in `lock_ids`."""
+
+    def __init__(self, connection: Any, lock_ids: "_LockIds") -> None:
         self._connection = connection
+        self._lock_ids = lock_ids
+        self.begun = False
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        if not self.begun:
+            await self.execute("BEGIN")
         return await _fetch(self._connection, sql, params)
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
@@ -470,15 +480,57 @@ class _PostgresConnection:
         return rows[0] if rows else None
 
     async def lock(self, key: str) -> None:
-        await self.fetch_all(
-            "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", {"key": key}
-        )
+        number = self._lock_ids.get(key)
+        if number is None:
+            rows = await _fetch(self._connection, "SELECT hashtextextended(:key, 0)", {"key": key})
+            number = self._lock_ids.remember(key, rows[0][0])
+        statement = f"SELECT pg_advisory_xact_lock({number:d})"  # an int: nothing to quote
+        await self.execute(statement if self.begun else f"BEGIN; {statement}")
 
     async def next_id(self, table: str) -> int:
         rows = await self.fetch_all(
             "SELECT nextval(pg_get_serial_sequence(:table, 'id'))", {"table": _identifier(table)}
         )
         return int(rows[0][0])
+
+    async def execute(self, script: str) -> None:
+        """Statements without parameters, in one message (PostgreSQL's simple query protocol)."""
+        try:
+            await self._connection.execute(script)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable() from exc
+        self.begun = True
+
+
+class _LockIds:
+    """The lock number of each key asked for lately: at most `size`, the oldest forgotten first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._numbers: dict[str, int] = {}
+        self._size = size
+
+    def get(self, key: str) -> int | None:
+        return self._numbers.get(key)
+
+    def remember(self, key: str, number: int) -> int:
+        if len(self._numbers) >= self._size:
+            del self._numbers[next(iter(self._numbers))]
+        self._numbers[key] = int(number)
+        return int(number)
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+
+async def _rolled_back(connection: Any) -> bool:
+    """Ends the transaction a refused statement left open; whether the connection can serve on."""
+    if not connection.is_in_transaction():
+        return True
+    try:
+        await connection.execute("ROLLBACK")
+    except Exception:
+        return False
+    return True
 
 
 def _survives(exc: BaseException) -> bool:
@@ -513,6 +565,7 @@ class PostgresDatabase:
         self._idle: list[tuple[Any, float]] = []  # (connection, when it was given back)
         self._lent: set[Any] = set()
         self._closed = False
+        self._lock_ids = _LockIds()
 
     @classmethod
     async def open(cls, dsn: str) -> "PostgresDatabase":
@@ -537,12 +590,21 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresConnection]:
+        """Committed when the block ends, rolled back when it raises. A connection whose work was
+        cut off (cancelled, or the database failed) is closed instead: the server then rolls
+        its transaction back."""
         connection = await self._acquire()
+        tx = _PostgresConnection(connection, self._lock_ids)
         try:
-            async with connection.transaction():
-                yield _PostgresConnection(connection)
+            yield tx
+            if tx.begun:
+                await tx.execute("COMMIT")
         except BaseException as exc:
-            self._release(connection, reusable=_survives(exc))
+            reusable = False
+            try:
+                reusable = _survives(exc) and await _rolled_back(connection)
+            finally:  # even when cancelled while rolling back
+                self._release(connection, reusable=reusable)
             if isinstance(exc, _UNAVAILABLE):
                 raise DatabaseUnavailable() from exc
             raise
