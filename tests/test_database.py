@@ -248,35 +248,100 @@ def test_a_postgres_transaction_is_seen_by_others_only_once_committed_and_never_
 
 
 def test_a_postgres_lock_excludes_one_taken_the_way_earlier_versions_take_it(postgres_database):
-    key = "entries:ann@example.com"
+    keys = ("entries:ann@example.com", "entries:bob@example.com")
+    try_lock = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
 
-    async def scenario() -> tuple[bool, bool]:
+    async def scenario() -> list[tuple[bool, ...]]:
         database = await db.connect(postgres_database)
         earlier = await asyncpg.connect(postgres_database)  # a process of an earlier version
         try:
-            try_lock = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
-            async with database.transaction() as tx:
-                await tx.lock(key)
+            free = []
+            for held in (*keys, keys[0]):  # the last one with both numbers remembered
+                async with database.transaction() as tx:
+                    await tx.lock(held)
+                    async with earlier.transaction():
+                        free.append(tuple([await earlier.fetchval(try_lock, k) for k in keys]))
+            async with database.transaction() as tx:  # a lock after another statement
+                await tx.fetch_all("SELECT 1")
+                await tx.lock(keys[1])
                 async with earlier.transaction():
-                    while_held = await earlier.fetchval(try_lock, key)
+                    free.append(tuple([await earlier.fetchval(try_lock, k) for k in keys]))
             async with earlier.transaction():
-                after = await earlier.fetchval(try_lock, key)
+                free.append(tuple([await earlier.fetchval(try_lock, k) for k in keys]))
         finally:
             await earlier.close()
             await database.close()
-        return while_held, after
+        return free
 
-    while_held, after = asyncio.run(scenario())
+    free = asyncio.run(scenario())
 
-    assert (while_held, after) == (False, True)
+    assert free == [(False, True), (True, False), (False, True), (True, False), (True, True)]
+
+
+def test_a_cancelled_postgres_transaction_lets_go_of_its_lock_at_once(postgres_database):
+    key = f"entries:{uuid.uuid4().hex}"
+
+    async def scenario() -> bool:
+        database = await db.connect(postgres_database)
+        other = await asyncpg.connect(postgres_database)
+        try:
+
+            async def slow() -> None:
+                async with database.transaction() as tx:
+                    await tx.lock(key)
+                    await tx.fetch_all("SELECT pg_sleep(5)")
+
+            task = asyncio.ensure_future(slow())
+            await asyncio.sleep(0.3)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            async with other.transaction():  # the server stopped the statement, and let go
+                return await other.fetchval(
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", key
+                )
+        finally:
+            await other.close()
+            await database.close()
+
+    assert asyncio.run(scenario())
+
+
+def test_a_first_postgres_lock_the_server_refuses_leaves_its_connection_clean(postgres_database):
+    key = f"entries:{uuid.uuid4().hex}"
+
+    async def scenario() -> tuple[int, int, int]:
+        database = await db.connect(postgres_database)
+        other = await asyncpg.connect(postgres_database)
+        try:
+            first = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+            await database.fetch_all("SET lock_timeout = '100ms'")  # on the pooled connection
+            async with other.transaction():
+                await other.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    async with database.transaction() as tx:
+                        await tx.lock(key)  # BEGIN is accepted, the lock refused
+            async with database.transaction() as tx:
+                await tx.lock(key)
+                second = _backend(await tx.fetch_all("SELECT pg_backend_pid()"))
+            third = _backend(await database.fetch_all("SELECT pg_backend_pid()"))
+        finally:
+            await other.close()
+            await database.close()
+        return first, second, third
+
+    first, second, third = asyncio.run(scenario())
+
+    assert first == second == third
 
 
 def test_postgres_lock_numbers_are_remembered_for_the_latest_keys_only():
     numbers = db._LockIds(size=2)
-    for n, key in enumerate(["a", "b", "c"]):
-        numbers.remember(key, n)
+    numbers.remember("a", 1)
+    numbers.remember("b", 2)
+    numbers.get("a")  # used again: "b" is now the least recently used
+    numbers.remember("c", 3)
 
-    assert (numbers.get("a"), numbers.get("b"), numbers.get("c")) == (None, 1, 2)
+    assert (numbers.get("a"), numbers.get("b"), numbers.get("c")) == (1, None, 3)
     assert len(numbers) == 2
 
 

@@ -462,8 +462,8 @@ class _PostgresConnection:
     """A transaction on one connection, begun by its first statement: a lock that comes first
     (most writes) travels with the `BEGIN` in one message, one round trip fewer. The lock's number
     is `hashtextextended(key, 0)`, as a lock taken in a statement of its own has always had, so
-    processes of this and earlier versions exclude each other; it is asked for once per key and
-    remembered in `lock_ids`."""
+    processes of this and earlier versions exclude each other; for a first lock it is asked for
+    once per key and remembered in `lock_ids`."""
 
     def __init__(self, connection: Any, lock_ids: "_LockIds") -> None:
         self._connection = connection
@@ -472,7 +472,7 @@ class _PostgresConnection:
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
         if not self.begun:
-            await self.execute("BEGIN")
+            await self._begin("BEGIN")
         return await _fetch(self._connection, sql, params)
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
@@ -480,12 +480,19 @@ class _PostgresConnection:
         return rows[0] if rows else None
 
     async def lock(self, key: str) -> None:
+        if self.begun:
+            await _fetch(
+                self._connection,
+                "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))",
+                {"key": key},
+            )
+            return
         number = self._lock_ids.get(key)
         if number is None:
             rows = await _fetch(self._connection, "SELECT hashtextextended(:key, 0)", {"key": key})
             number = self._lock_ids.remember(key, rows[0][0])
-        statement = f"SELECT pg_advisory_xact_lock({number:d})"  # an int: nothing to quote
-        await self.execute(statement if self.begun else f"BEGIN; {statement}")
+        # `number` is an int, so there is nothing to quote
+        await self._begin(f"BEGIN; SELECT pg_advisory_xact_lock({number:d})")
 
     async def next_id(self, table: str) -> int:
         rows = await self.fetch_all(
@@ -493,26 +500,39 @@ class _PostgresConnection:
         )
         return int(rows[0][0])
 
-    async def execute(self, script: str) -> None:
-        """Statements without parameters, in one message (PostgreSQL's simple query protocol)."""
+    async def _begin(self, script: str) -> None:
+        """`BEGIN`, and what follows it in `script`, in one message (the simple query protocol)."""
         try:
             await self._connection.execute(script)
         except _UNAVAILABLE as exc:
             raise DatabaseUnavailable() from exc
-        self.begun = True
+        finally:  # begun too when a statement after BEGIN was refused (the transaction aborted)
+            self.begun = self._connection.is_in_transaction()
+
+    async def commit(self) -> None:
+        if self.begun:
+            try:
+                await self._connection.execute("COMMIT")
+            except _UNAVAILABLE as exc:
+                raise DatabaseUnavailable() from exc
 
 
 class _LockIds:
-    """The lock number of each key asked for lately: at most `size`, the oldest forgotten first."""
+    """The lock numbers of the keys locked lately: at most `size`, the least recently used
+    forgotten first."""
 
     def __init__(self, size: int = 4096) -> None:
         self._numbers: dict[str, int] = {}
         self._size = size
 
     def get(self, key: str) -> int | None:
-        return self._numbers.get(key)
+        number = self._numbers.pop(key, None)
+        if number is not None:
+            self._numbers[key] = number  # the most recently used, last
+        return number
 
     def remember(self, key: str, number: int) -> int:
+        self._numbers.pop(key, None)
         if len(self._numbers) >= self._size:
             del self._numbers[next(iter(self._numbers))]
         self._numbers[key] = int(number)
@@ -522,8 +542,20 @@ class _LockIds:
         return len(self._numbers)
 
 
-async def _rolled_back(connection: Any) -> bool:
-    """Ends the transaction a refused statement left open; whether the connection can serve on."""
+async def _ended(connection: Any, exc: BaseException) -> bool:
+    """Ends the transaction of a block that raised `exc`; whether its connection can serve on.
+
+    After a refused statement, ROLLBACK. After work that was cut off (cancelled, timed out) the
+    connection is closed, but a ROLLBACK is awaited first all the same (bounded): asyncpg sends
+    the server a cancel request for the statement in flight, and closing at once would drop that
+    request, leaving the statement to run on with the transaction's locks."""
+    if not _survives(exc):
+        if not connection.is_closed():
+            try:
+                await asyncio.wait_for(connection.execute("ROLLBACK"), CLOSE_TIMEOUT)
+            except Exception:
+                pass
+        return False
     if not connection.is_in_transaction():
         return True
     try:
@@ -597,12 +629,11 @@ class PostgresDatabase:
         tx = _PostgresConnection(connection, self._lock_ids)
         try:
             yield tx
-            if tx.begun:
-                await tx.execute("COMMIT")
+            await tx.commit()
         except BaseException as exc:
             reusable = False
             try:
-                reusable = _survives(exc) and await _rolled_back(connection)
+                reusable = await _ended(connection, exc)
             finally:  # even when cancelled while rolling back
                 self._release(connection, reusable=reusable)
             if isinstance(exc, _UNAVAILABLE):
