@@ -553,7 +553,7 @@ async def _ended(connection: Any, exc: BaseException) -> bool:
         if not connection.is_closed():
             try:
                 await asyncio.wait_for(connection.execute("ROLLBACK"), CLOSE_TIMEOUT)
-            except Exception:
+            except Exception:  # it is closed next either way
                 pass
         return False
     if not connection.is_in_transaction():
