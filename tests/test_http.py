@@ -1,4 +1,5 @@
-"""Reading requests: bodies from the ASGI messages themselves, query parameters as Starlette does."""
+"""Reading requests: bodies from the ASGI messages themselves, query parameters as Starlette does,
+whole hours as the same number with a fraction."""
 
 import asyncio
 
@@ -9,6 +10,7 @@ from starlette.requests import Request
 from timesheets.api import _Request
 from timesheets.errors import MalformedBody, PayloadTooLarge
 from timesheets.http import read_body
+from timesheets.inputs import InputError, parse_hours
 
 
 def _request(*messages: dict) -> Request:
@@ -66,3 +68,15 @@ def test_query_parameters_read_as_starlettes_do(query):
         assert ours.get(name) == theirs.get(name)
         assert ours.get(name, "default") == theirs.get(name, "default")
         assert (name in ours) == (name in theirs)
+
+
+@pytest.mark.parametrize("hours", [-1, 0, 1, 7, 24, 25, 10**30])
+def test_whole_hours_are_read_as_the_same_number_with_a_fraction_is(hours):
+    def read(value):
+        try:
+            return parse_hours(value)
+        except InputError as error:
+            return str(error)
+
+    assert read(hours) == read(float(hours))  # 7 as 7.0: the same answer, or the same refusal
+    assert read(hours) in (hours * 100, "must be more than 0 and at most 24")

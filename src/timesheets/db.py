@@ -458,6 +458,14 @@ async def _fetch(connection: Any, sql: str, params: Params | None) -> list[Row]:
     return rows
 
 
+async def _execute(connection: Any, script: str) -> None:
+    """Statements without parameters, in one message."""
+    try:
+        await connection.execute(script)
+    except _UNAVAILABLE as exc:
+        raise DatabaseUnavailable() from exc
+
+
 class _PostgresConnection:
     """A transaction on one connection, begun by its first statement: a lock that comes first
     (most writes) travels with the `BEGIN` in one message, one round trip fewer. The lock's number
@@ -490,7 +498,7 @@ class _PostgresConnection:
         number = self._lock_ids.get(key)
         if number is None:
             rows = await _fetch(self._connection, "SELECT hashtextextended(:key, 0)", {"key": key})
-            number = self._lock_ids.remember(key, rows[0][0])
+            number = self._lock_ids.remember(key, int(rows[0][0]))
         # `number` is an int, so there is nothing to quote
         await self._begin(f"BEGIN; SELECT pg_advisory_xact_lock({number:d})")
 
@@ -503,18 +511,13 @@ class _PostgresConnection:
     async def _begin(self, script: str) -> None:
         """`BEGIN`, and what follows it in `script`, in one message (the simple query protocol)."""
         try:
-            await self._connection.execute(script)
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable() from exc
+            await _execute(self._connection, script)
         finally:  # begun too when a statement after BEGIN was refused (the transaction aborted)
             self.begun = self._connection.is_in_transaction()
 
     async def commit(self) -> None:
         if self.begun:
-            try:
-                await self._connection.execute("COMMIT")
-            except _UNAVAILABLE as exc:
-                raise DatabaseUnavailable() from exc
+            await _execute(self._connection, "COMMIT")
 
 
 class _LockIds:
@@ -535,8 +538,8 @@ class _LockIds:
         self._numbers.pop(key, None)
         if len(self._numbers) >= self._size:
             del self._numbers[next(iter(self._numbers))]
-        self._numbers[key] = int(number)
-        return int(number)
+        self._numbers[key] = number
+        return number
 
     def __len__(self) -> int:
         return len(self._numbers)
@@ -548,21 +551,18 @@ async def _ended(connection: Any, exc: BaseException) -> bool:
     After a refused statement, ROLLBACK. After work that was cut off (cancelled, timed out) the
     connection is closed, but a ROLLBACK is awaited first all the same (bounded): asyncpg sends
     the server a cancel request for the statement in flight, and closing at once would drop that
-    request, leaving the statement to run on with the transaction's locks."""
-    if not _survives(exc):
-        if not connection.is_closed():
-            try:
-                await asyncio.wait_for(connection.execute("ROLLBACK"), CLOSE_TIMEOUT)
-            except Exception:  # it is closed next either way
-                pass
+    request, leaving the statement to run on with the transaction's locks. (After a cut-off
+    `BEGIN; lock`, the connection may not know yet that it is inside a transaction.)"""
+    survives = _survives(exc)
+    if connection.is_closed():
         return False
-    if not connection.is_in_transaction():
+    if survives and not connection.is_in_transaction():
         return True
     try:
-        await connection.execute("ROLLBACK")
+        await asyncio.wait_for(connection.execute("ROLLBACK"), CLOSE_TIMEOUT)
     except Exception:
         return False
-    return True
+    return survives
 
 
 def _survives(exc: BaseException) -> bool:

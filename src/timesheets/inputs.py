@@ -75,10 +75,14 @@ def _java_date(weekday: str, month: str, day: str, year: str) -> dt.date:
 
 def parse_hours(value: Any) -> int:
     """Hours as hundredths (7.5 -> 750): a JSON number or a plain decimal string, 0 < h <= 24."""
-    if type(value) is int:  # whole hours, as most clients send them: no Decimal needed
-        if not 0 < value <= MAX_HOUR_CENTS // 100:
-            raise InputError("must be more than 0 and at most 24")
-        return value * 100
+    # whole hours, as most clients send them, need no Decimal
+    cents = value * 100 if type(value) is int else _decimal_cents(value)
+    if not 0 < cents <= MAX_HOUR_CENTS:
+        raise InputError("must be more than 0 and at most 24")
+    return int(cents)
+
+
+def _decimal_cents(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InputError("must be a number")
     if isinstance(value, float) and not math.isfinite(value):
@@ -92,6 +96,4 @@ def parse_hours(value: Any) -> int:
     cents = hours * 100
     if cents != cents.to_integral_value():
         raise InputError("may have at most two decimals")
-    if not 0 < cents <= MAX_HOUR_CENTS:
-        raise InputError("must be more than 0 and at most 24")
-    return int(cents)
+    return cents
