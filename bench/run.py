@@ -1074,6 +1074,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
             [r["db_cpu_us_per_request"] for r in runs if r.get("db_cpu_us_per_request") is not None]
         ),
         "wrk_cpu_share_median": median([r["wrk_cpu_share"] for r in runs]),
+        "wrk_cpu_us_per_request_median": median(
+            [r["wrk_cpu_share"] * r["wall_s"] * 1e6 / r["requests"] for r in runs if r["requests"]]
+        ),
         "other_cpu_share_median": median(
             [r["other_cpu_share"] for r in runs if r.get("other_cpu_share") is not None]
         ),
@@ -1226,6 +1229,8 @@ def report(results: dict[str, Any]) -> list[str]:
                 f"CPU/req {fmt_ratio(scaling['cpu_per_request'])}x; per round "
                 + " ".join(fmt_ratio(r["rps"]) for r in scaling["per_round"])
             )
+            if scaling.get("ceiling"):
+                lines.append(f"  {'':<10} {ceiling_text(scaling['ceiling'])}")
     lines.append("")
     lines += memory_report(results, layouts)
     if results["leak"]:
@@ -1330,6 +1335,14 @@ def leak_report(results: dict[str, Any]) -> list[str]:
 # --- targets and verdicts -------------------------------------------------------------------------
 
 
+def ceiling_text(ceiling: dict[str, Any]) -> str:
+    return (
+        f"ceiling with wrk on the same {ceiling['cores']} CPUs: {ceiling['rps']:.2f}x "
+        f"({ceiling['cores']} CPUs / (service {ceiling['service_us']:,.0f} + wrk "
+        f"{ceiling['wrk_us']:,.0f} CPU us a request), over one process)"
+    )
+
+
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One verdict per target of issue 5: met, or missed by how much."""
     meta = results["meta"]
@@ -1414,6 +1427,8 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
                 if s and s["rps"] is not None
                 else "not measured"
             )
+            if s and s.get("ceiling"):
+                detail += f"; {ceiling_text(s['ceiling'])}"
             at_least(
                 f"{scenario.key} with {meta['layouts'][WHOLE_BOX]['workers']} workers >= {GOAL_SCALING:g}x 1 process",
                 s["rps"] if s else None,
@@ -1794,7 +1809,7 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["finished"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
     results["meta"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().strip()
     results["summary"], results["ratios"], results["scaling"] = aggregate(
-        results["rounds"], args.scenario_list, targets
+        results["rounds"], args.scenario_list, targets, cores=results["meta"]["cpus"]
     )
     for lc in results["leak"]:
         judge_leak(lc)
@@ -2003,10 +2018,11 @@ def judge_leak(lc: dict[str, Any]) -> None:
 
 
 def aggregate(
-    rounds: list[dict[str, Any]], scenarios: list[Scenario], targets: list[str]
+    rounds: list[dict[str, Any]], scenarios: list[Scenario], targets: list[str], *, cores: int
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Per scenario: a summary per target; the service/peer ratios (per core); the scaling of the
-    whole-box service over the per-core service. Ratios are of the medians, and per round too."""
+    whole-box service over the per-core service, with its ceiling on `cores` CPUs (see
+    `scaling_ceiling`). Ratios are of the medians, and per round too."""
     summary: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
     scaling: dict[str, Any] = {}
@@ -2051,7 +2067,32 @@ def aggregate(
                 "p99": ratio(a["p99_us_median"], b["p99_us_median"]),
                 "per_round": per_round,
             }
+        if scaling.get(scenario.key):
+            scaling[scenario.key]["ceiling"] = scaling_ceiling(
+                cores, by_target[SERVICE], by_target[BOX]
+            )
     return summary, ratios, scaling
+
+
+def scaling_ceiling(
+    cores: int, one_process: dict[str, Any], box: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The most the whole box can serve, over one process, while wrk shares its cores: each
+    request costs the service what it costs one process (the workers' best case: no contention,
+    no extra work) plus what it costs wrk in the whole-box run, and `cores` CPUs pay for both.
+    Per core wrk has a CPU of its own; in the whole box it does not, so a service that is cheap
+    next to wrk cannot reach twice its per-core figure, however well it scales."""
+    service_us = one_process["cpu_us_per_request_median"]
+    wrk_us = box.get("wrk_cpu_us_per_request_median")
+    if not (service_us and wrk_us and one_process["rps_median"]):
+        return None
+    box_rps = cores * 1e6 / (service_us + wrk_us)
+    return {
+        "rps": ratio(box_rps, one_process["rps_median"]),
+        "service_us": service_us,
+        "wrk_us": wrk_us,
+        "cores": cores,
+    }
 
 
 if __name__ == "__main__":

@@ -123,3 +123,45 @@ def test_preflight_passes_on_the_node_peer(started: list[int]) -> None:
     assert "get_healthz" not in checks  # the peer has no such route
     assert checks["get_timesheets"]["entries"] == bench.OWN_ENTRIES
     assert checks["get_approvals"]["entries"] == bench.OWN_ENTRIES + bench.OTHER_ENTRIES
+
+
+def fake_run(target: str, *, rps: float, service_us: float, wrk_share: float) -> dict[str, object]:
+    """One wrk run as `run_wrk` records it, with just the fields the summaries read."""
+    return {
+        "scenario": "get_timesheets",
+        "target": target,
+        "rps": rps,
+        "requests": int(rps * 10),
+        "wall_s": 10.0,
+        "latency_us": {"p50": 1000, "p99": 5000},
+        "cpu_us_per_request": service_us,
+        "server_cpu_share": rps * service_us / 1e6,
+        "wrk_cpu_share": wrk_share,
+        "other_cpu_share": 0.0,
+        "non2xx": 0,
+        "non2xx_by_status": {},
+        "socket_errors": 0,
+        "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_ge_400": 0},
+        "server_cpu_by_process": [],
+    }
+
+
+def test_the_scaling_ceiling_counts_what_wrk_takes_of_the_whole_box() -> None:
+    # one process: 10,000 req/s at 100 us each; the whole box: wrk spends 25 us a request (50 % of a
+    # CPU at 20,000 req/s), so 2 CPUs serve at most 2e6 / (100 + 25) = 16,000 req/s: 1.6x
+    rounds = [
+        {
+            "round": 1,
+            "runs": [
+                fake_run(bench.SERVICE, rps=10_000, service_us=100, wrk_share=0.2),
+                fake_run(bench.BOX, rps=15_000, service_us=100, wrk_share=0.375),
+            ],
+        }
+    ]
+    scenario = [s for s in bench.SCENARIOS if s.key == "get_timesheets"]
+    _, _, scaling = bench.aggregate(rounds, scenario, [bench.SERVICE, bench.BOX], cores=2)
+    found = scaling["get_timesheets"]
+    assert found["rps"] == pytest.approx(1.5)
+    assert found["ceiling"]["wrk_us"] == pytest.approx(25)
+    assert found["ceiling"]["rps"] == pytest.approx(1.6)
+    assert "ceiling with wrk on the same 2 CPUs: 1.60x" in bench.ceiling_text(found["ceiling"])
