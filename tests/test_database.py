@@ -708,3 +708,61 @@ def test_workers_opening_a_new_sqlite_file_together_all_start(tmp_path):
             thread.join()
 
     assert failures == []
+
+
+def test_writes_sent_together_are_all_kept_each_with_its_own_parameters(database_url):
+    table = f"together_{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> list[tuple[str, int]]:
+        database = await db.connect(database_url)
+        try:
+            async with database.transaction() as tx:
+                await tx.fetch_all(f"CREATE TABLE {table} (name TEXT NOT NULL, n INTEGER)")
+            insert = f"INSERT INTO {table} (name, n) VALUES (:name, :n)"
+            async with database.transaction() as tx:  # the same names, other values
+                await tx.write_all(
+                    [(insert, {"name": "a", "n": 1}), (insert, {"name": "b", "n": 2})]
+                )
+            rows = await database.fetch_all(f"SELECT name, n FROM {table} ORDER BY name")
+            async with database.transaction() as tx:
+                await tx.fetch_all(f"DROP TABLE {table}")
+            return [(row[0], row[1]) for row in rows]
+        finally:
+            await database.close()
+
+    assert asyncio.run(scenario()) == [("a", 1), ("b", 2)]
+
+
+def test_postgres_sends_writes_together_in_one_round_trip(postgres_database, monkeypatch):
+    table = f"together_{uuid.uuid4().hex[:8]}"
+    sent: list[str] = []
+    fetch = db._fetch
+
+    async def counted(connection, sql, params):
+        sent.append(sql)
+        return await fetch(connection, sql, params)
+
+    async def scenario() -> int:
+        database = await db.connect(postgres_database)
+        try:
+            async with database.transaction() as tx:
+                await tx.fetch_all(f"CREATE TABLE {table} (n INTEGER PRIMARY KEY)")
+                await tx.fetch_all(f"CREATE TABLE {table}_ref (n INTEGER REFERENCES {table})")
+            monkeypatch.setattr(db, "_fetch", counted)
+            async with database.transaction() as tx:
+                await tx.write_all(  # the row a foreign key refers to, in the same statement
+                    [
+                        (f"INSERT INTO {table} (n) VALUES (:n)", {"n": 7}),
+                        (f"INSERT INTO {table}_ref (n) VALUES (:n)", {"n": 7}),
+                    ]
+                )
+            monkeypatch.setattr(db, "_fetch", fetch)
+            count = (await database.fetch_one(f"SELECT count(*) FROM {table}_ref"))[0]
+            async with database.transaction() as tx:
+                await tx.fetch_all(f"DROP TABLE {table}_ref, {table}")
+            return int(count)
+        finally:
+            await database.close()
+
+    assert asyncio.run(scenario()) == 1
+    assert len(sent) == 1  # both statements in one message, one round trip

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .db import Connection, Database
+from .db import Connection, Database, Params
 from .documents import timestamp_text
 from .errors import NotFound
 
@@ -26,11 +26,14 @@ async def record_event(
     before: "EntryDocument | None",
     after: "EntryDocument | None",
     reason: str | None = None,
+    change: tuple[str, Params] | None = None,
 ) -> None:
-    """Appends the event of a change: the entry's documents before and after it."""
+    """Appends the event of a change: the entry's documents before and after it; with `change`,
+    the statement that writes the change (whose result is not needed) goes with it, in one round
+    trip on PostgreSQL."""
     entry = after or before
     assert entry is not None
-    await tx.fetch_all(
+    event = (
         "INSERT INTO entry_event (entry_id, action, actor, client_id, at, reason, before_body, "
         "after_body) VALUES (:entry_id, :action, :actor, :client_id, :at, :reason, :before, "
         ":after)",
@@ -45,6 +48,7 @@ async def record_event(
             "after": after and after.json,
         },
     )
+    await tx.write_all([change, event] if change is not None else [event])
 
 
 async def list_events(db: Database, *, entry_id: int, owner: str | None) -> list[dict[str, Any]]:

@@ -43,6 +43,12 @@ class Connection(Protocol):
         """The id that the next row of `table` (an `id` primary key that the database numbers)
         takes, reserved for this transaction: a row can be written whole, its id included."""
 
+    async def write_all(self, statements: Sequence[tuple[str, Params]]) -> None:
+        """Writes whose results are not needed, in one round trip where the database allows it
+        (PostgreSQL: one statement). PostgreSQL runs the parts of a statement on one snapshot,
+        so none of them may read what another writes, nor change the same rows; constraints are
+        checked once all are written."""
+
 
 class Database(Protocol):
     dialect: str
@@ -187,6 +193,10 @@ class _SqliteConnection:
 
     async def lock(self, key: str) -> None:
         """Nothing to do: BEGIN IMMEDIATE already holds the database's single write lock."""
+
+    async def write_all(self, statements: Sequence[tuple[str, Params]]) -> None:
+        for sql, params in statements:  # statements take microseconds here: no round trips
+            await self.fetch_all(sql, params)
 
     async def next_id(self, table: str) -> int:
         # AUTOINCREMENT keeps the highest id ever used in sqlite_sequence; the transaction holds
@@ -434,6 +444,16 @@ POOL_SIZE = 10
 IDLE_LIFETIME = 300.0  # seconds an idle connection is kept, as asyncpg's pool does
 
 
+@functools.lru_cache(maxsize=64)
+def _together(statements: tuple[str, ...]) -> str:
+    """One statement of several: all but the last as parts of its WITH (PostgreSQL runs a
+    data-modifying part once, whether the statement refers to it or not), the `:name`s of the
+    i-th made `:s<i>_name`."""
+    parts = [_NAMED.sub(rf":s{i}_\1", sql) for i, sql in enumerate(statements)]
+    head = ", ".join(f"s{i} AS ({part})" for i, part in enumerate(parts[:-1]))
+    return f"WITH {head} {parts[-1]}"
+
+
 @functools.lru_cache(maxsize=256)
 def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
     """`:name` parameters rewritten to asyncpg's `$n`, with the names in order."""
@@ -510,6 +530,19 @@ class _PostgresConnection:
             "SELECT nextval(pg_get_serial_sequence(:table, 'id'))", {"table": _identifier(table)}
         )
         return int(rows[0][0])
+
+    async def write_all(self, statements: Sequence[tuple[str, Params]]) -> None:
+        if len(statements) == 1:
+            await self.fetch_all(*statements[0])
+            return
+        await self.fetch_all(
+            _together(tuple(sql for sql, _ in statements)),
+            {
+                f"s{i}_{name}": value
+                for i, (_, params) in enumerate(statements)
+                for name, value in params.items()
+            },
+        )
 
     async def _begin(self, script: str) -> None:
         """`BEGIN`, and what follows it in `script`, in one message (the simple query protocol)."""

@@ -3,7 +3,7 @@
 from .. import audit
 from ..db import Database
 from ..errors import Conflict, Forbidden
-from .entries import COLUMNS, Actor, EntryDocument, EntryStatus, now_utc, render, store
+from .entries import COLUMNS, Actor, EntryDocument, EntryStatus, now_utc, render, storing
 from .writes import check_version, locked_entry
 
 # --- deciding -----------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ async def _decide(
             },
         )
         assert updated is not None
-        document = await store(tx, updated)
+        document = render(updated)
         await audit.record_event(
             tx,
             action=_ACTIONS[to],
@@ -113,5 +113,6 @@ async def _decide(
             before=render(row),
             after=document,
             reason=reason,
+            change=storing(document),
         )
         return document

@@ -102,14 +102,12 @@ def render(row: Row) -> EntryDocument:
     return EntryDocument(row[0], date_text(row[2]), orjson.dumps(entry).decode(), row[10])
 
 
-async def store(tx: Connection, row: Row) -> EntryDocument:
-    """Renders the entry whose columns `row` holds, and stores its document beside them."""
-    document = render(row)
-    await tx.fetch_all(
+def storing(document: EntryDocument) -> tuple[str, dict[str, Any]]:
+    """The statement that stores an entry's rendered `document` beside its columns."""
+    return (
         "UPDATE timesheet_entry SET body = :body WHERE id = :id",
         {"body": document.json, "id": document.id},
     )
-    return document
 
 
 def now_utc() -> dt.datetime:

@@ -19,7 +19,7 @@ from .entries import (
     get_entry,
     now_utc,
     render,
-    store,
+    storing,
 )
 
 # --- creating -----------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ async def insert_entry(
         (entry_id, entry.user_id, entry.work_date, entry.project, entry.hours_cents, entry.notes)
         + (EntryStatus.PENDING.value, None, stamp, stamp, 1, entry.external_ref, None)
     )
-    await tx.fetch_all(
+    inserting = (
         "INSERT INTO timesheet_entry (id, user_id, work_date, project, hours_cents, notes, "
         "status, created_by, created_at, updated_at, external_ref, source_client, body) VALUES "
         "(:id, :user_id, :work_date, :project, :hours_cents, :notes, 'pending', :actor, :now, "
@@ -91,7 +91,9 @@ async def insert_entry(
             "body": document.json,
         },
     )
-    await audit.record_event(tx, action=action, actor=actor, at=now, before=None, after=document)
+    await audit.record_event(
+        tx, action=action, actor=actor, at=now, before=None, after=document, change=inserting
+    )
     return document
 
 
@@ -174,9 +176,15 @@ async def rewrite_entry(
         },
     )
     assert updated is not None
-    document = await store(tx, updated)
+    document = render(updated)
     await audit.record_event(
-        tx, action=action, actor=actor, at=now, before=render(row), after=document
+        tx,
+        action=action,
+        actor=actor,
+        at=now,
+        before=render(row),
+        after=document,
+        change=storing(document),
     )
     return document
 
@@ -201,9 +209,14 @@ async def delete_entry(
             {"now": now, "id": entry_id},
         )
         assert deleted is not None
-        await store(tx, deleted)
         await audit.record_event(
-            tx, action="deleted", actor=actor, at=now, before=render(row), after=None
+            tx,
+            action="deleted",
+            actor=actor,
+            at=now,
+            before=render(row),
+            after=None,
+            change=storing(render(deleted)),  # the tombstone's document
         )
 
 
