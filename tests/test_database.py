@@ -766,3 +766,14 @@ def test_postgres_sends_writes_together_in_one_round_trip(postgres_database, mon
 
     assert asyncio.run(scenario()) == 1
     assert len(sent) == 1  # both statements in one message, one round trip
+
+
+def test_writes_sent_together_are_only_insert_update_or_delete():
+    # PostgreSQL would never run a SELECT in a WITH that nothing refers to
+    with pytest.raises(ValueError, match="INSERTs, UPDATEs and DELETEs"):
+        db._together(("SELECT pg_advisory_xact_lock(1)", "INSERT INTO t VALUES (:n)"))
+    with pytest.raises(ValueError):
+        db._together(())
+    assert db._together((" update t set n = :n", "DELETE FROM t WHERE n = :n")).startswith(
+        "WITH s0 AS ( update t set n = :s0_n) DELETE FROM t WHERE n = :s1_n"
+    )

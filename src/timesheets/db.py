@@ -45,9 +45,9 @@ class Connection(Protocol):
 
     async def write_all(self, statements: Sequence[tuple[str, Params]]) -> None:
         """Writes whose results are not needed, in one round trip where the database allows it
-        (PostgreSQL: one statement). PostgreSQL runs the parts of a statement on one snapshot,
-        so none of them may read what another writes, nor change the same rows; constraints are
-        checked once all are written."""
+        (PostgreSQL: one statement). Each is an INSERT, UPDATE or DELETE. PostgreSQL runs the
+        parts of a statement on one snapshot, so none of them may read what another writes, nor
+        change the same rows; foreign keys are checked once all are written."""
 
 
 class Database(Protocol):
@@ -122,11 +122,13 @@ def _sqlite_params(params: Params | None) -> dict[str, Any]:
 
 # How long a statement waits for another process to let go of the database (then 503), and the
 # longest pause between two tries: another worker holds the write lock for a group of writes
-# (about 2 ms under load), and a pause of up to 2 ms left it idle after that long enough to put
-# 2-worker POST's p99 at 31-46 ms against 20-29 with 0.5 ms (bench/README.md). Only the one
-# transaction whose turn it is tries; a try costs a few microseconds.
+# (about 2 ms under load), and pauses of up to 2 ms left it idle after that long enough to put
+# 2-worker POST's p99 at 31-46 ms, against 20-29 with up to 0.5 or 1 ms (bench/README.md).
+# Shorter would not be kept: an idle event loop sleeps in whole milliseconds (the selector rounds
+# its timeout up), and uvloop rounds a timer under 0.5 ms to none, a try on every turn of the
+# loop. Only the one transaction whose turn it is tries; a try costs a few microseconds.
 BUSY_TIMEOUT = 5.0
-_BUSY_PAUSE = 0.0005
+_BUSY_PAUSE = 0.001
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -449,6 +451,10 @@ def _together(statements: tuple[str, ...]) -> str:
     """One statement of several: all but the last as parts of its WITH (PostgreSQL runs a
     data-modifying part once, whether the statement refers to it or not), the `:name`s of the
     i-th made `:s<i>_name`."""
+    if not statements or any(
+        sql.lstrip()[:6].upper() not in ("INSERT", "UPDATE", "DELETE") for sql in statements
+    ):  # a SELECT in WITH that nothing refers to would never run
+        raise ValueError(f"write_all takes INSERTs, UPDATEs and DELETEs, not {statements!r}")
     parts = [_NAMED.sub(rf":s{i}_\1", sql) for i, sql in enumerate(statements)]
     head = ", ".join(f"s{i} AS ({part})" for i, part in enumerate(parts[:-1]))
     return f"WITH {head} {parts[-1]}"
