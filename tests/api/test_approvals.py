@@ -213,6 +213,7 @@ def test_reject_approved_entry_is_409(client, ann, mia, max_):
         f"/approvals/{entry['id']}/reject", json={"reason": "changed my mind"}, headers=max_
     )
     assert response.status_code == 409
+    assert response.json()["detail"] == "an approved entry cannot be rejected"
     assert client.get(f"/timesheets/{entry['id']}", headers=ann).json()["status"] == "approved"
 
 

@@ -87,7 +87,8 @@ async def _decide(
             raise Forbidden("nobody may decide on their own entry")
         check_version(row, expect)
         if row[6] not in _ALLOWED_DECISIONS[to]:
-            raise Conflict(f"a {row[6]} entry cannot be {_ACTIONS[to]}")
+            article = "an" if row[6] == EntryStatus.APPROVED else "a"
+            raise Conflict(f"{article} {row[6]} entry cannot be {_ACTIONS[to]}")
         if row[6] == to == EntryStatus.APPROVED:
             return render(row)
         now = now_utc()
