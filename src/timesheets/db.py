@@ -505,11 +505,17 @@ class _PostgresConnection:
     def __init__(self, connection: Any, lock_ids: "_LockIds") -> None:
         self._connection = connection
         self._lock_ids = lock_ids
-        self.begun = False
+
+    @property
+    def begun(self) -> bool:
+        """Whether the transaction has begun: the server's own state, as the connection last
+        heard it (begun too when a statement after `BEGIN` was refused: the transaction is then
+        aborted, not gone)."""
+        return bool(self._connection.is_in_transaction())
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
         if not self.begun:
-            await self._begin("BEGIN")
+            await _execute(self._connection, "BEGIN")
         return await _fetch(self._connection, sql, params)
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
@@ -528,8 +534,8 @@ class _PostgresConnection:
         if number is None:
             rows = await _fetch(self._connection, "SELECT hashtextextended(:key, 0)", {"key": key})
             number = self._lock_ids.remember(key, int(rows[0][0]))
-        # `number` is an int, so there is nothing to quote
-        await self._begin(f"BEGIN; SELECT pg_advisory_xact_lock({number:d})")
+        # `number` is an int, so there is nothing to quote; BEGIN and the lock go in one message
+        await _execute(self._connection, f"BEGIN; SELECT pg_advisory_xact_lock({number:d})")
 
     async def next_id(self, table: str) -> int:
         rows = await self.fetch_all(
@@ -549,13 +555,6 @@ class _PostgresConnection:
                 for name, value in params.items()
             },
         )
-
-    async def _begin(self, script: str) -> None:
-        """`BEGIN`, and what follows it in `script`, in one message (the simple query protocol)."""
-        try:
-            await _execute(self._connection, script)
-        finally:  # begun too when a statement after BEGIN was refused (the transaction aborted)
-            self.begun = self._connection.is_in_transaction()
 
     async def commit(self) -> None:
         if self.begun:
