@@ -448,6 +448,154 @@ def test_sqlite_transactions_that_arrive_together_share_one_commit(tmp_path):
     assert _names(path) == [*(f"n{i}" for i in range(10)), "later"]
 
 
+def test_a_group_holds_the_write_lock_only_while_its_own_members_work(tmp_path):
+    """Its BEGIN, its members and its COMMIT run back to back: what else the event loop serves
+    never runs while another process would find the database locked."""
+    path = _sqlite_file(tmp_path)
+
+    async def work(database: db.SqliteDatabase) -> list[bool]:
+        writer = database._writer._connection
+        seen: list[bool] = []
+        done = False
+
+        async def other_requests() -> None:
+            while not done:
+                seen.append(writer.in_transaction)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.ensure_future(other_requests())
+        for batch in range(3):
+            await asyncio.gather(*(_insert(database, f"b{batch}n{i}") for i in range(5)))
+        done = True
+        await watcher
+        return seen
+
+    seen = _on_sqlite(path, work)
+
+    assert len(seen) > 3
+    assert not any(seen)
+    assert len(_names(path)) == 15
+
+
+def test_transactions_that_arrive_while_another_process_writes_wait_in_one_group(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> tuple[list[str], int]:
+        database = db.SqliteDatabase(path)
+        statements: list[str] = []
+        database._writer._connection.set_trace_callback(statements.append)
+        other = _held_elsewhere(path)
+        writers = []
+        for i in range(3):
+            writers.append(asyncio.ensure_future(_insert(database, f"w{i}")))
+            await asyncio.sleep(0.01)
+        other.execute("COMMIT")
+        other.close()
+        done = await asyncio.wait_for(asyncio.gather(*writers), 2)
+        await database.close()
+        return done, statements.count("COMMIT")
+
+    assert asyncio.run(scenario()) == (["w0", "w1", "w2"], 1)
+    assert _names(path) == ["other", "w0", "w1", "w2"]
+
+
+def test_a_member_whose_work_waits_holds_the_others_of_its_group_back_until_it_is_done(tmp_path):
+    """Its savepoint stays its own: the member after it begins only once it has ended."""
+    path = _sqlite_file(tmp_path)
+
+    async def work(database: db.SqliteDatabase) -> list[object]:
+        async def wait_then_fail() -> None:
+            async with database.transaction() as tx:
+                await tx.fetch_all("INSERT INTO t VALUES ('waited')")
+                await asyncio.sleep(0.05)
+                raise LookupError("waited")
+
+        outcomes = await asyncio.gather(
+            wait_then_fail(), _insert(database, "quick"), return_exceptions=True
+        )
+        return [type(o).__name__ if isinstance(o, BaseException) else o for o in outcomes]
+
+    assert _on_sqlite(path, work) == ["LookupError", "quick"]
+    assert _names(path) == ["quick"]
+
+
+def test_a_writer_behind_a_member_that_never_ends_gives_up_after_the_busy_timeout(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> float:
+        database = db.SqliteDatabase(path, busy_timeout=0.2)
+        loop = asyncio.get_running_loop()
+        entered = asyncio.Event()
+
+        async def hang() -> None:
+            async with database.transaction() as tx:
+                await tx.fetch_all("INSERT INTO t VALUES ('hung')")
+                entered.set()
+                await asyncio.sleep(10)
+
+        hung = asyncio.ensure_future(hang())
+        await entered.wait()
+        started = loop.time()
+        with pytest.raises(db.DatabaseUnavailable):
+            await asyncio.wait_for(_insert(database, "late"), 2)
+        waited = loop.time() - started
+        hung.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hung
+        assert await _insert(database, "after") == "after"
+        await database.close()
+        return waited
+
+    assert 0.2 <= asyncio.run(scenario()) < 1
+    assert _names(path) == ["after"]
+
+
+def test_a_member_cancelled_while_its_group_commits_leaves_the_others_answers_alone(tmp_path):
+    """Its own wait ends, not the group's: the others learn of the COMMIT, which keeps its
+    writes too."""
+    path = _sqlite_file(tmp_path)
+
+    async def work(database: db.SqliteDatabase) -> list[object]:
+        members: list[asyncio.Future[str]] = []
+
+        def on_statement(sql: str) -> None:
+            if sql == "COMMIT":
+                members[0].cancel()
+
+        database._writer._connection.set_trace_callback(on_statement)
+        members.extend(asyncio.ensure_future(_insert(database, name)) for name in ("a", "b"))
+        outcomes = await asyncio.gather(*members, return_exceptions=True)
+        return [type(o).__name__ if isinstance(o, BaseException) else o for o in outcomes]
+
+    assert _on_sqlite(path, work) == ["CancelledError", "b"]
+    assert _names(path) == ["a", "b"]
+
+
+def test_a_group_rolled_back_under_its_members_keeps_nothing_and_the_next_one_begins_afresh(
+    tmp_path,
+):
+    """As SQLite does after some errors (a full disk): every member is told to retry, including
+    those that had not begun their work yet."""
+    path = _sqlite_file(tmp_path)
+
+    async def work(database: db.SqliteDatabase) -> list[object]:
+        async def rolled_back() -> None:
+            async with database.transaction() as tx:
+                await tx.fetch_all("INSERT INTO t VALUES ('x')")
+                await tx.fetch_all("ROLLBACK")
+
+        outcomes = await asyncio.gather(
+            _insert(database, "a"), rolled_back(), _insert(database, "b"),
+            return_exceptions=True,
+        )  # fmt: skip
+        after = await _insert(database, "after")
+        return [type(o).__name__ for o in outcomes] + [after]
+
+    unavailable = "DatabaseUnavailable"
+    assert _on_sqlite(path, work) == [unavailable, unavailable, unavailable, "after"]
+    assert _names(path) == ["after"]
+
+
 def test_a_failed_member_of_a_group_leaves_nothing_and_the_others_are_kept(tmp_path):
     path = _sqlite_file(tmp_path)
 

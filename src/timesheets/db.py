@@ -19,6 +19,7 @@ import functools
 import re
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -126,7 +127,8 @@ def _sqlite_params(params: Params | None) -> dict[str, Any]:
 # 2-worker POST's p99 at 31-46 ms, against 20-29 with up to 0.5 or 1 ms (bench/README.md).
 # Shorter would not be kept: an idle event loop sleeps in whole milliseconds (the selector rounds
 # its timeout up), and uvloop rounds a timer under 0.5 ms to none, a try on every turn of the
-# loop. Only the one transaction whose turn it is tries; a try costs a few microseconds.
+# loop. Only the group waiting to begin tries (once for all its members); a try costs a few
+# microseconds.
 BUSY_TIMEOUT = 5.0
 _BUSY_PAUSE = 0.001
 
@@ -141,7 +143,7 @@ def _deadline(timeout: float) -> float:
     return asyncio.get_running_loop().time() + timeout
 
 
-async def _take_turn(turns: asyncio.Lock | asyncio.Semaphore, deadline: float) -> None:
+async def _take_turn(turns: asyncio.Semaphore, deadline: float) -> None:
     """Waits in line for `turns` until `deadline` (the event loop's time), then 503. When a turn
     is free it is taken at once, without setting a timer."""
     if not turns.locked():
@@ -245,26 +247,57 @@ def _unavailable(cause: BaseException) -> DatabaseUnavailable:
 
 
 class _Group:
-    """The transactions that one `BEGIN IMMEDIATE ... COMMIT` carries (group commit)."""
+    """The transactions that one `BEGIN IMMEDIATE ... COMMIT` carries (group commit).
 
-    __slots__ = ("waiters", "lost")
+    Its members gather while it waits: for the group before it, and for another process's write
+    lock. When it may go, they are woken together, so that the event loop runs its `BEGIN`, the
+    members one after another and its `COMMIT` as consecutive callbacks: the write lock is held
+    for the group's own work, not while the loop serves other requests in between.
+    """
+
+    __slots__ = (
+        "waiting", "woken", "begun", "error", "lost", "members", "commit_due", "waiters",
+        "deadline", "retry", "pause",
+    )  # fmt: skip
 
     def __init__(self) -> None:
-        self.waiters: list[asyncio.Future[None]] = []  # one per member, told how the COMMIT went
+        self.waiting: list[asyncio.Future[None]] = []  # one per member waiting to be woken
+        self.woken = False  # its members have been woken for a try at BEGIN
+        self.begun = False  # its BEGIN IMMEDIATE succeeded
+        self.error: BaseException | None = None  # why it never began, or why its COMMIT failed
         self.lost = False  # its transaction is or will be rolled back: nothing of it is kept
+        self.members = 0  # members that joined and have not finished their work
+        self.commit_due = False  # every member woken for it has had its turn
+        self.waiters: list[asyncio.Future[None]] = []  # one per member, told when it has ended
+        self.deadline: asyncio.TimerHandle | None = None
+        self.retry: asyncio.TimerHandle | None = None  # the next try at BEGIN, while busy
+        self.pause = _BUSY_PAUSE / 4
+
+    @property
+    def gathering(self) -> bool:
+        """Whether a new member may still join: the members have not been woken."""
+        return not self.woken and self.error is None
+
+    def cancel_timers(self) -> None:
+        for timer in (self.deadline, self.retry):
+            if timer is not None:
+                timer.cancel()
+        self.deadline = self.retry = None
 
 
 class SqliteDatabase(_SqliteConnection):
     """Two connections: reads outside transactions go to one, transactions to the other.
 
-    Transactions are committed in groups. A transaction is a savepoint inside the writer's open
-    `BEGIN IMMEDIATE`; the transactions that reach the database before the event loop's next turn
-    share one COMMIT, and each member leaves `transaction()` only once that COMMIT succeeded
-    (or, when it failed, with DatabaseUnavailable, none of the group's writes being kept). Nothing
-    is acknowledged before it is committed. A commit writes each changed page once for the group,
-    instead of once per request; the other connection reads only what is committed, so no one
-    sees a group's writes before its COMMIT. A `:memory:` database has one connection, so
-    there each transaction commits on its own.
+    Transactions are committed in groups (`_Group`). A transaction is a savepoint inside the
+    writer's `BEGIN IMMEDIATE`; those that arrive in one turn of the event loop, while the group
+    before theirs runs, or while another process holds the write lock, share one COMMIT, and
+    each member leaves
+    `transaction()` only once that COMMIT succeeded (or, when it failed, with
+    DatabaseUnavailable, none of the group's writes being kept). Nothing is acknowledged before
+    it is committed. A commit writes each changed page once for the group, instead of once per
+    request; the other connection reads only what is committed, so no one sees a group's writes
+    before its COMMIT. A `:memory:` database has one connection, so there each transaction is a
+    group of its own.
     """
 
     dialect = "sqlite"
@@ -284,26 +317,34 @@ class SqliteDatabase(_SqliteConnection):
         super().__init__(reader, busy_timeout)
         self._writer = _SqliteConnection(writer, busy_timeout)
         self._grouped = reader is not writer
-        self._write_lock = asyncio.Lock()
-        self._group: _Group | None = None  # the group whose transaction is open
+        self._groups: deque[_Group] = deque()  # the running group first, then those waiting
+        self._at_work = False  # a member is between its SAVEPOINT and its RELEASE
+        self._work_done: asyncio.Future[None] | None = None  # for members waiting for that one
         self._ending: set[asyncio.Task[None]] = set()
+        self._drained: asyncio.Future[None] | None = None  # close() waits for the last group
         self._closed = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteConnection]:
         """One transaction at a time in this process, and across processes SQLite's write lock.
-        The wait for both together is bounded by the busy timeout (then 503), however long the
-        line; the COMMIT follows on the event loop's next turn (no body waits while it holds
-        the turn).
+        The wait for both together is bounded by the busy timeout (then 503), counted from the
+        group's first member.
 
         A body that raised is answered with its own error once its group has committed, or
         with DatabaseUnavailable when that COMMIT failed: its error may rest on what another
         member wrote, and a retry will find out."""
-        deadline = _deadline(self._busy_timeout)
-        await _take_turn(self._write_lock, deadline)
+        group = self._join()
         try:
-            group = await self._open_group(deadline)
-            self._writer._connection.execute("SAVEPOINT member")
+            await self._admitted(group)
+        except BaseException:
+            self._leave(group)
+            raise
+        ended = asyncio.get_running_loop().create_future()
+        group.waiters.append(ended)  # before its work: the last member to finish commits
+        self._at_work = True
+        writer = self._writer._connection
+        try:
+            writer.execute("SAVEPOINT member")
             try:
                 yield self._writer
             except BaseException as exc:
@@ -313,36 +354,122 @@ class SqliteDatabase(_SqliteConnection):
                 failed: Exception | None = exc
             else:
                 failed = self._end_member(group, "RELEASE member")
-            outcome = self._join(group)
-            if not self._grouped:
-                await self._finish(group)
+        except sqlite3.Error as exc:  # the SAVEPOINT itself
+            group.lost = True
+            failed = _unavailable(exc)
         finally:
-            self._write_lock.release()
-        await outcome  # raises DatabaseUnavailable when the group's COMMIT failed
+            self._off_work(group)
+        await ended
+        if group.error is not None:
+            raise _unavailable(group.error)
         if failed is not None:
             raise failed
 
-    async def _open_group(self, deadline: float) -> _Group:
-        """The open group, or a new one with its `BEGIN IMMEDIATE` (the caller holds the turn)."""
-        group = self._group
-        if group is not None and not group.lost and self._writer._connection.in_transaction:
-            return group
-        if group is not None:  # its transaction is gone or must go: its end must not take ours
-            group.lost = True
-        self._group = None
-        self._rollback()  # a transaction that nothing owns any more (a ROLLBACK that failed)
-        await _unless_busy(self._begin, deadline)
-        group = self._group = _Group()
-        if self._grouped:
-            task = asyncio.get_running_loop().create_task(self._end(group))
-            self._ending.add(task)
-            task.add_done_callback(self._ending.discard)
-        return group
-
-    def _begin(self) -> None:
+    def _join(self) -> _Group:
+        """The group that a new transaction joins: the last one while it gathers, else a new one
+        (always a new one without grouping)."""
         if self._closed:
             raise DatabaseUnavailable()
-        self._writer._connection.execute("BEGIN IMMEDIATE")
+        group = self._groups[-1] if self._groups else None
+        if group is None or not group.gathering or not self._grouped:
+            loop = asyncio.get_running_loop()
+            group = _Group()
+            group.deadline = loop.call_at(_deadline(self._busy_timeout), self._expire, group)
+            self._groups.append(group)
+            if len(self._groups) == 1:  # the transactions of this turn of the loop join it too
+                loop.call_soon(self._let_go, group)
+        group.members += 1
+        return group
+
+    async def _admitted(self, group: _Group) -> None:
+        """Waits until `group` has begun and no other member is at work."""
+        while not group.begun:
+            woken = asyncio.get_running_loop().create_future()
+            group.waiting.append(woken)
+            await woken
+            if group.error is not None:
+                raise _unavailable(group.error)
+        while self._at_work:  # another member's work waits for something: after it
+            if self._work_done is None:
+                self._work_done = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._work_done)
+        if group.lost:  # SQLite rolled the transaction back under an earlier member
+            raise DatabaseUnavailable()
+
+    def _off_work(self, group: _Group) -> None:
+        self._at_work = False
+        if self._work_done is not None:
+            self._work_done.set_result(None)
+            self._work_done = None
+        self._leave(group)
+
+    def _leave(self, group: _Group) -> None:
+        """A member is done with `group` (its work finished, or it gave up waiting)."""
+        group.members -= 1
+        if group.members == 0 and group.commit_due:
+            self._commit(group)
+
+    def _let_go(self, group: _Group) -> None:
+        """Wakes `group`'s members: its BEGIN, then each member, then its COMMIT (`_due`), as
+        consecutive callbacks of the event loop's next turn."""
+        if group.woken:
+            return
+        group.woken = True
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._begin, group)
+        for woken in group.waiting:
+            if not woken.done():  # (done: its member was cancelled)
+                woken.set_result(None)
+        group.waiting = []
+        loop.call_soon(self._due, group)
+
+    def _begin(self, group: _Group) -> None:
+        if group.error is not None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            self._rollback()  # a transaction that nothing owns any more (a ROLLBACK that failed)
+            self._writer._connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or self._closed:
+                group.error = exc
+                return
+            # Another process holds the write lock: the members wait for the next try, and
+            # transactions that arrive meanwhile join them.
+            group.woken = False
+            group.retry = loop.call_later(group.pause, self._try_again, group)
+            group.pause = min(group.pause * 2, _BUSY_PAUSE)
+            return
+        except (sqlite3.Error, DatabaseUnavailable) as exc:
+            group.error = exc
+            return
+        group.begun = True
+        group.cancel_timers()
+
+    def _try_again(self, group: _Group) -> None:
+        group.retry = None
+        self._let_go(group)
+
+    def _due(self, group: _Group) -> None:
+        """After the members woken by this go: commits once they are done (at once, unless a
+        member's work waits for something)."""
+        if group.error is not None:  # it never began; its members were told
+            self._drop(group)
+        elif group.begun:  # (not begun: BEGIN was busy, and will be tried again)
+            group.commit_due = True
+            if group.members == 0:
+                self._commit(group)
+
+    def _expire(self, group: _Group) -> None:
+        """The busy timeout has passed and `group` has not begun."""
+        group.deadline = None
+        if not group.begun and group.error is None:
+            self._fail(group, DatabaseUnavailable())
+
+    def _fail(self, group: _Group, error: BaseException) -> None:
+        group.error = error
+        group.cancel_timers()
+        self._let_go(group)  # its members wake to the error; then it is dropped
 
     def _end_member(self, group: _Group, *statements: str) -> DatabaseUnavailable | None:
         """Keeps or takes back a member's writes. When that fails, or SQLite rolled the whole
@@ -359,48 +486,62 @@ class SqliteDatabase(_SqliteConnection):
             group.lost = True
         return None
 
-    @staticmethod
-    def _join(group: _Group) -> asyncio.Future[None]:
-        waiter = asyncio.get_running_loop().create_future()
-        group.waiters.append(waiter)
-        return waiter
-
-    async def _end(self, group: _Group) -> None:
-        """Ends `group` once no member is in the middle of its work."""
-        async with self._write_lock:
-            await self._finish(group)
-
-    async def _finish(self, group: _Group) -> None:
-        """COMMITs `group` and tells its members how that went (the caller holds the turn)."""
-        ours = self._group is group
-        if ours:
-            self._group = None
+    def _commit(self, group: _Group) -> None:
+        """COMMITs `group` (a lost one is rolled back) and tells its members how that went."""
+        group.commit_due = False
         try:
             if group.lost:
-                if ours:
-                    self._rollback()
                 raise DatabaseUnavailable()
-            await self._commit()
-        except BaseException as exc:
-            for waiter in group.waiters:
-                if not waiter.done():
-                    waiter.set_exception(_unavailable(exc))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for waiter in group.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            self._writer._connection.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):  # SQLite allows a COMMIT to be tried again
+                task = asyncio.get_running_loop().create_task(self._commit_when_free(group))
+                self._ending.add(task)
+                task.add_done_callback(self._ending.discard)
+                return
+            self._abandon(group, exc)
+        except (sqlite3.Error, DatabaseUnavailable) as exc:
+            self._abandon(group, exc)
+        self._drop(group)
 
-    async def _commit(self) -> None:
-        """COMMIT, tried again while busy (SQLite allows that); when it fails for good the
-        transaction is rolled back, so that the connection never stays inside it."""
+    async def _commit_when_free(self, group: _Group) -> None:
         writer = self._writer._connection
         try:
             await _unless_busy(lambda: writer.execute("COMMIT"), _deadline(self._busy_timeout))
-        except BaseException:
+        except BaseException as exc:
+            self._abandon(group, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._drop(group)
+
+    def _abandon(self, group: _Group, error: BaseException) -> None:
+        """A group whose COMMIT failed: rolled back, so that the writer never stays inside it."""
+        group.error = error
+        try:
             self._rollback()
-            raise
+        except DatabaseUnavailable:
+            pass  # the next group's BEGIN tries again
+
+    def _drop(self, group: _Group) -> None:
+        """`group` has ended: its members are told, and the next group may go."""
+        group.cancel_timers()
+        running = bool(self._groups) and self._groups[0] is group
+        if group in self._groups:
+            self._groups.remove(group)
+        for ended in group.waiters:
+            if not ended.done():  # (done: its member was cancelled)
+                ended.set_result(None)
+        group.waiters = []
+        while running and self._groups:
+            following = self._groups[0]
+            if following.members > 0 or following.error is not None:
+                self._let_go(following)
+                break
+            self._groups.popleft()  # every member gave up waiting: nothing to begin
+            following.cancel_timers()
+        if not self._groups and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     def _rollback(self) -> None:
         if self._writer._connection.in_transaction:
@@ -410,9 +551,15 @@ class SqliteDatabase(_SqliteConnection):
                 raise DatabaseUnavailable() from exc
 
     async def close(self) -> None:
-        """Commits the open group (its members are waiting for it), then closes. A writer
-        still waiting for another process's lock gets DatabaseUnavailable."""
+        """Lets the groups that can run commit (their members are waiting), then closes. A
+        writer still waiting for another process's lock gets DatabaseUnavailable."""
         self._closed = True
+        for group in list(self._groups):
+            if group.retry is not None:
+                self._fail(group, DatabaseUnavailable())
+        if self._groups:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
         while self._ending:
             await asyncio.gather(*self._ending, return_exceptions=True)
         self._writer._connection.close()

@@ -321,21 +321,22 @@ def test_a_request_cancelled_while_its_write_commits_keeps_its_key_so_a_retry_wr
 
             return await respond_once(request, principal, payload, run, _created)
 
-        def waits_for_its_commit() -> bool:
-            writer = database._writer._connection  # sees the group's rows before its COMMIT
-            written = writer.execute("SELECT count(*) FROM timesheet_entry").fetchone()[0]
-            return bool(written) and database._group is not None and bool(database._group.waiters)
+        first: asyncio.Future[object] | None = None
+        seen: list[str] = []
 
+        def on_statement(sql: str) -> None:  # the work written, its group's COMMIT under way
+            if sql.startswith("INSERT INTO timesheet_entry"):
+                seen.append("entry")
+            elif sql == "COMMIT" and seen == ["entry"] and first is not None:
+                seen.append("commit")
+                first.cancel()  # a shutdown's deadline, say
+
+        database._writer._connection.set_trace_callback(on_statement)
         first = asyncio.ensure_future(post())
-        for _ in range(1000):  # a few turns of the event loop, at most
-            if waits_for_its_commit():  # the key claimed, the work written
-                break
-            await asyncio.sleep(0)
-        else:
-            raise AssertionError("the write never waited for its COMMIT")
-        first.cancel()  # a shutdown's deadline, say
         with pytest.raises(asyncio.CancelledError):
             await first
+        database._writer._connection.set_trace_callback(None)
+        assert seen == ["entry", "commit"]
         retry = await post()  # the client tries again with the same key
         rows = await database.fetch_all("SELECT count(*) FROM timesheet_entry")
         keys = await database.fetch_all("SELECT count(*) FROM idempotency_key")
