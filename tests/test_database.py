@@ -596,6 +596,54 @@ def test_a_group_rolled_back_under_its_members_keeps_nothing_and_the_next_one_be
     assert _names(path) == ["after"]
 
 
+def test_a_writer_behind_a_waiting_member_of_its_own_group_gives_up_after_the_busy_timeout(
+    tmp_path,
+):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> float:
+        database = db.SqliteDatabase(path, busy_timeout=0.2)
+        loop = asyncio.get_running_loop()
+
+        async def slow() -> None:
+            async with database.transaction() as tx:
+                await tx.fetch_all("INSERT INTO t VALUES ('slow')")
+                await asyncio.sleep(2)
+
+        member = asyncio.ensure_future(slow())
+        started = loop.time()
+        with pytest.raises(db.DatabaseUnavailable):  # the same turn: the same group as `slow`
+            await asyncio.wait_for(_insert(database, "late"), 5)
+        waited = loop.time() - started
+        member.cancel()
+        await asyncio.gather(member, return_exceptions=True)
+        await database.close()
+        return waited
+
+    assert 0.2 <= asyncio.run(scenario()) < 1
+    assert _names(path) == []
+
+
+def test_closing_the_database_twice_at_once_returns_from_both(tmp_path):
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> None:
+        database = db.SqliteDatabase(path)
+
+        async def slow() -> None:
+            async with database.transaction() as tx:
+                await tx.fetch_all("INSERT INTO t VALUES ('x')")
+                await asyncio.sleep(0.05)
+
+        member = asyncio.ensure_future(slow())
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(asyncio.gather(database.close(), database.close()), 2)
+        await member
+
+    asyncio.run(scenario())
+    assert _names(path) == ["x"]
+
+
 def test_a_failed_member_of_a_group_leaves_nothing_and_the_others_are_kept(tmp_path):
     path = _sqlite_file(tmp_path)
 

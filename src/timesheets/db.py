@@ -8,9 +8,10 @@ SQLite runs on the event loop thread: its statements take microseconds, WAL lets
 beside the single writer, and one writing connection per process serialises writes without a
 thread hop; the transactions that arrive together share a COMMIT (`SqliteDatabase`). Transactions
 are `BEGIN IMMEDIATE`, so a read-then-write (the daily cap) cannot interleave with
-another writer, in this process or another. While another process holds the write lock, a writer
-waits on the event loop (`_unless_busy`), not in SQLite's busy handler, which sleeps the thread and
-with it every other request of this process.
+another writer, in this process or another. While another process holds the write lock, writers
+wait on the event loop (their group tries its BEGIN again after short pauses; a busy statement
+or COMMIT is tried again by `_unless_busy`), not in SQLite's busy handler, which sleeps the thread
+and with it every other request of this process.
 """
 
 import asyncio
@@ -252,7 +253,8 @@ class _Group:
     Its members gather while it waits: for the group before it, and for another process's write
     lock. When it may go, they are woken together, so that the event loop runs its `BEGIN`, the
     members one after another and its `COMMIT` as consecutive callbacks: the write lock is held
-    for the group's own work, not while the loop serves other requests in between.
+    for the group's own work, not while the loop serves other requests in between (unless a
+    member's work waits for something: then the others follow it, and the COMMIT the last).
     """
 
     __slots__ = (
@@ -267,7 +269,7 @@ class _Group:
         self.error: BaseException | None = None  # why it never began, or why its COMMIT failed
         self.lost = False  # its transaction is or will be rolled back: nothing of it is kept
         self.members = 0  # members that joined and have not finished their work
-        self.commit_due = False  # every member woken for it has had its turn
+        self.commit_due = False  # its `_due` has run: the last member to finish commits
         self.waiters: list[asyncio.Future[None]] = []  # one per member, told when it has ended
         self.deadline: asyncio.TimerHandle | None = None
         self.retry: asyncio.TimerHandle | None = None  # the next try at BEGIN, while busy
@@ -327,15 +329,17 @@ class SqliteDatabase(_SqliteConnection):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteConnection]:
         """One transaction at a time in this process, and across processes SQLite's write lock.
-        The wait for both together is bounded by the busy timeout (then 503), counted from the
-        group's first member.
+        The wait for both together is bounded by the busy timeout (then 503): its own, and the
+        one of its group's first transaction while the group waits to begin (so a transaction
+        that joins a group late may give up sooner).
 
         A body that raised is answered with its own error once its group has committed, or
         with DatabaseUnavailable when that COMMIT failed: its error may rest on what another
         member wrote, and a retry will find out."""
+        deadline = _deadline(self._busy_timeout)
         group = self._join()
         try:
-            await self._admitted(group)
+            await self._admitted(group, deadline)
         except BaseException:
             self._leave(group)
             raise
@@ -381,8 +385,9 @@ class SqliteDatabase(_SqliteConnection):
         group.members += 1
         return group
 
-    async def _admitted(self, group: _Group) -> None:
-        """Waits until `group` has begun and no other member is at work."""
+    async def _admitted(self, group: _Group, deadline: float) -> None:
+        """Waits until `group` has begun (bounded by its own deadline timer) and no other member
+        is at work (until `deadline`)."""
         while not group.begun:
             woken = asyncio.get_running_loop().create_future()
             group.waiting.append(woken)
@@ -392,7 +397,11 @@ class SqliteDatabase(_SqliteConnection):
         while self._at_work:  # another member's work waits for something: after it
             if self._work_done is None:
                 self._work_done = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._work_done)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(self._work_done)
+            except TimeoutError:
+                raise DatabaseUnavailable() from None
         if group.lost:  # SQLite rolled the transaction back under an earlier member
             raise DatabaseUnavailable()
 
@@ -410,7 +419,7 @@ class SqliteDatabase(_SqliteConnection):
             self._commit(group)
 
     def _let_go(self, group: _Group) -> None:
-        """Wakes `group`'s members: its BEGIN, then each member, then its COMMIT (`_due`), as
+        """Wakes `group`'s members: its BEGIN, then each member, then `_due` (its COMMIT), as
         consecutive callbacks of the event loop's next turn."""
         if group.woken:
             return
@@ -435,7 +444,8 @@ class SqliteDatabase(_SqliteConnection):
                 group.error = exc
                 return
             # Another process holds the write lock: the members wait for the next try, and
-            # transactions that arrive meanwhile join them.
+            # transactions that arrive meanwhile join them (those of the turn just gone by may
+            # have begun a group after this one).
             group.woken = False
             group.retry = loop.call_later(group.pause, self._try_again, group)
             group.pause = min(group.pause * 2, _BUSY_PAUSE)
@@ -551,15 +561,16 @@ class SqliteDatabase(_SqliteConnection):
                 raise DatabaseUnavailable() from exc
 
     async def close(self) -> None:
-        """Lets the groups that can run commit (their members are waiting), then closes. A
-        writer still waiting for another process's lock gets DatabaseUnavailable."""
+        """Lets the groups that can run commit (their members are waiting), then closes. A group
+        that finds another process holding the write lock from now on gets DatabaseUnavailable."""
         self._closed = True
         for group in list(self._groups):
             if group.retry is not None:
                 self._fail(group, DatabaseUnavailable())
         if self._groups:
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
         while self._ending:
             await asyncio.gather(*self._ending, return_exceptions=True)
         self._writer._connection.close()
