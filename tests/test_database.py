@@ -448,6 +448,31 @@ def test_sqlite_transactions_that_arrive_together_share_one_commit(tmp_path):
     assert _names(path) == [*(f"n{i}" for i in range(10)), "later"]
 
 
+def test_a_group_waiting_for_another_process_tries_again_at_once_at_first_then_after_pauses(
+    tmp_path,
+):
+    """Another worker's group writes for well under a millisecond, so the first tries come on
+    the next turns of the event loop; a longer wait costs a try every millisecond at most."""
+    path = _sqlite_file(tmp_path)
+
+    async def scenario() -> int:
+        database = db.SqliteDatabase(path)
+        statements: list[str] = []
+        database._writer._connection.set_trace_callback(statements.append)
+        other = _held_elsewhere(path)
+        writer = asyncio.ensure_future(_insert(database, "ours"))
+        await asyncio.sleep(0.02)  # pauses alone would give about 20 tries
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(writer, 2)
+        await database.close()
+        return statements.count("BEGIN IMMEDIATE")
+
+    tries = asyncio.run(scenario())
+
+    assert db._BUSY_TRIES_AT_ONCE < tries <= db._BUSY_TRIES_AT_ONCE + 25
+
+
 def test_a_group_holds_the_write_lock_only_while_its_own_members_work(tmp_path):
     """Its BEGIN, its members and its COMMIT run back to back: what else the event loop serves
     never runs while another process would find the database locked."""

@@ -132,6 +132,11 @@ def _sqlite_params(params: Params | None) -> dict[str, Any]:
 # microseconds.
 BUSY_TIMEOUT = 5.0
 _BUSY_PAUSE = 0.001
+# A group whose BEGIN finds another worker's group writing first tries again on the event loop's
+# next turns (a group writes for well under a millisecond, and an idle loop would sleep a whole
+# one), and after this many tries falls back to the pauses. 2-worker POST, interleaved A/B in 6
+# pairs: 10,867-11,897 -> 11,126-12,235 RPS, higher in every pair, for 0-7 % more CPU a request.
+_BUSY_TRIES_AT_ONCE = 40
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -259,7 +264,7 @@ class _Group:
 
     __slots__ = (
         "waiting", "woken", "begun", "error", "lost", "members", "commit_due", "waiters",
-        "deadline", "retry", "pause",
+        "deadline", "retry", "pause", "tries",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -272,8 +277,9 @@ class _Group:
         self.commit_due = False  # its `_due` has run: the last member to finish commits
         self.waiters: list[asyncio.Future[None]] = []  # one per member, told when it has ended
         self.deadline: asyncio.TimerHandle | None = None
-        self.retry: asyncio.TimerHandle | None = None  # the next try at BEGIN, while busy
+        self.retry: asyncio.Handle | None = None  # the next try at BEGIN, while busy
         self.pause = _BUSY_PAUSE / 4
+        self.tries = 0  # BEGINs that found the write lock taken
 
     @property
     def gathering(self) -> bool:
@@ -447,8 +453,12 @@ class SqliteDatabase(_SqliteConnection):
             # transactions that arrive meanwhile join them (those of the turn just gone by may
             # have begun a group after this one).
             group.woken = False
-            group.retry = loop.call_later(group.pause, self._try_again, group)
-            group.pause = min(group.pause * 2, _BUSY_PAUSE)
+            group.tries += 1
+            if group.tries <= _BUSY_TRIES_AT_ONCE:
+                group.retry = loop.call_soon(self._try_again, group)
+            else:
+                group.retry = loop.call_later(group.pause, self._try_again, group)
+                group.pause = min(group.pause * 2, _BUSY_PAUSE)
             return
         except (sqlite3.Error, DatabaseUnavailable) as exc:
             group.error = exc
