@@ -473,6 +473,10 @@ def test_a_group_waiting_for_another_process_tries_again_at_once_at_first_then_a
     assert db._BUSY_TRIES_AT_ONCE < tries <= db._BUSY_TRIES_AT_ONCE + 25
 
 
+def test_busy_pauses_grow_from_a_quarter_millisecond_to_one_and_stay_there():
+    assert [db._busy_pause(tries) * 1000 for tries in range(1, 7)] == [0.25, 0.5, 1, 1, 1, 1]
+
+
 def test_a_group_holds_the_write_lock_only_while_its_own_members_work(tmp_path):
     """Its BEGIN, its members and its COMMIT run back to back: what else the event loop serves
     never runs while another process would find the database locked."""

@@ -123,13 +123,12 @@ def _sqlite_params(params: Params | None) -> dict[str, Any]:
 
 
 # How long a statement waits for another process to let go of the database (then 503), and the
-# longest pause between two tries: another worker holds the write lock for a group of writes
-# (about 2 ms under load), and pauses of up to 2 ms left it idle after that long enough to put
-# 2-worker POST's p99 at 31-46 ms, against 20-29 with up to 0.5 or 1 ms (bench/README.md).
-# Shorter would not be kept: an idle event loop sleeps in whole milliseconds (the selector rounds
-# its timeout up), and uvloop rounds a timer under 0.5 ms to none, a try on every turn of the
-# loop. Only the group waiting to begin tries (once for all its members); a try costs a few
-# microseconds.
+# longest pause between two tries (`_busy_pause`): pauses of up to 2 ms left the write lock idle
+# long enough to put 2-worker POST's p99 at 31-46 ms, against 20-29 with up to 0.5 or 1 ms
+# (bench/README.md). Shorter would not be kept: an idle event loop sleeps in whole milliseconds
+# (the selector rounds its timeout up), and uvloop rounds a timer under 0.5 ms to none, a try on
+# every turn of the loop. Only the group waiting to begin tries (once for all its members); a try
+# costs a few microseconds.
 BUSY_TIMEOUT = 5.0
 _BUSY_PAUSE = 0.001
 # A group whose BEGIN finds another worker's group writing first tries again on the event loop's
@@ -137,6 +136,12 @@ _BUSY_PAUSE = 0.001
 # one), and after this many tries falls back to the pauses. 2-worker POST, interleaved A/B in 6
 # pairs: 10,867-11,897 -> 11,126-12,235 RPS, higher in every pair, for 0-7 % more CPU a request.
 _BUSY_TRIES_AT_ONCE = 40
+
+
+def _busy_pause(tries: int) -> float:
+    """The pause after the `tries`-th try (from 1) that found the database busy: 0.25, 0.5, 1, 1
+    ... ms."""
+    return _BUSY_PAUSE / 4 * (1 << min(max(tries, 1) - 1, 2))
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -170,15 +175,15 @@ async def _unless_busy(statement: Callable[[], T], deadline: float) -> T:
     statement took no effect (SQLite undoes a failed statement), so trying it again is safe.
     """
     loop = asyncio.get_running_loop()
-    pause = _BUSY_PAUSE / 4
+    tries = 0
     while True:
         try:
             return statement()
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc) or loop.time() >= deadline:
                 raise DatabaseUnavailable() from exc
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, _BUSY_PAUSE)
+        tries += 1
+        await asyncio.sleep(_busy_pause(tries))
 
 
 class _SqliteConnection:
@@ -264,7 +269,7 @@ class _Group:
 
     __slots__ = (
         "waiting", "woken", "begun", "error", "lost", "members", "commit_due", "waiters",
-        "deadline", "retry", "pause", "tries",
+        "deadline", "retry", "tries",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -278,7 +283,6 @@ class _Group:
         self.waiters: list[asyncio.Future[None]] = []  # one per member, told when it has ended
         self.deadline: asyncio.TimerHandle | None = None
         self.retry: asyncio.Handle | None = None  # the next try at BEGIN, while busy
-        self.pause = _BUSY_PAUSE / 4
         self.tries = 0  # BEGINs that found the write lock taken
 
     @property
@@ -457,8 +461,8 @@ class SqliteDatabase(_SqliteConnection):
             if group.tries <= _BUSY_TRIES_AT_ONCE:
                 group.retry = loop.call_soon(self._try_again, group)
             else:
-                group.retry = loop.call_later(group.pause, self._try_again, group)
-                group.pause = min(group.pause * 2, _BUSY_PAUSE)
+                pause = _busy_pause(group.tries - _BUSY_TRIES_AT_ONCE)
+                group.retry = loop.call_later(pause, self._try_again, group)
             return
         except (sqlite3.Error, DatabaseUnavailable) as exc:
             group.error = exc
