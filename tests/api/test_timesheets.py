@@ -198,16 +198,22 @@ def test_list_shows_only_own_entries_oldest_first(client, ann, bob):
 
 
 def test_lists_and_sync_show_non_ascii_text_byte_for_byte_as_the_entry_itself(client, ann):
-    # Lists hand out the stored documents as UTF-8 bytes, joined without parsing them again.
-    text = 'Zürich – 日本語 😀 \u2028 "q" \\ é'
-    entry = create_entry(client, ann, project=text, notes=text)
-    one = client.get(f"/timesheets/{entry['id']}", headers=ann)
+    # Lists hand out the stored documents as UTF-8 bytes, joined without parsing them again (the
+    # database joins them one a line: a newline in the text must not split a document).
+    text = 'Zürich – 日本語 😀 \u2028 "q" \\ é\nline two,\r\n\t{"id": 1}'
+    first = create_entry(client, ann, date="2017-07-10", project=text, notes=text)
+    second = create_entry(client, ann, date="2017-07-11", project=text, notes=text)
+    one, two = (client.get(f"/timesheets/{e['id']}", headers=ann) for e in (first, second))
     listed = client.get("/timesheets", headers=ann)
     synced = client.get("/timesheets?updated_since=1970-01-01T00:00:00Z", headers=ann)
+    page = client.get("/timesheets?limit=1", headers=ann)
+    rest = client.get(_next_link(page) or "", headers=ann)
 
     assert one.json()["project"] == text and one.json()["notes"] == text
-    assert listed.content == b"[" + one.content + b"]"
-    assert synced.content == b"[" + one.content + b"]"
+    assert listed.content == b"[" + one.content + b"," + two.content + b"]"
+    assert synced.content == listed.content
+    assert page.content == b"[" + one.content + b"]"
+    assert rest.content == b"[" + two.content + b"]" and _next_link(rest) is None
 
 
 def test_list_filters_by_date_range_inclusive(client, ann):
