@@ -862,6 +862,18 @@ def preflight(server: Server, scenarios: Sequence[Scenario] = SCENARIOS) -> dict
     return checks
 
 
+def peer_store_size(server: Server) -> int | None:
+    """How many entries the peer holds: its `GET /approvals` lists every entry not approved, and
+    the benchmark approves none. Each of its `POST`s walks them all for the next id."""
+    auth = {"Authorization": f"Bearer {server.tokens['approver']}"}
+    try:
+        answer = httpx.get(server.base_url + "/approvals", headers=auth, timeout=30.0)
+        entries = answer.json() if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return len(entries) if isinstance(entries, list) else None
+
+
 def shape_problems(scenario: Scenario, body: Any, check: dict[str, Any]) -> list[str]:
     if scenario.shape == "object_with_id":
         if not isinstance(body, dict) or "id" not in body:
@@ -1081,6 +1093,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
             [r["other_cpu_share"] for r in runs if r.get("other_cpu_share") is not None]
         ),
         "worker_cpu_split": worker_cpu_split(runs),
+        "peer_entries_median": median(
+            [r["peer_entries"] for r in runs if r.get("peer_entries") is not None]
+        ),
         "requests_total": sum(r["requests"] for r in runs),
         "non2xx_total": sum(r["non2xx"] for r in runs),
         "non2xx_by_status": merge_counts([r["non2xx_by_status"] for r in runs]),
@@ -1209,6 +1224,11 @@ def report(results: dict[str, Any]) -> list[str]:
                 lines.append(
                     f"  {'':<10} + PostgreSQL backends: {s['db_cpu_us_per_request_median']:,.0f} CPU us/req"
                     " (not pinned; not in the CPU us/req column or the ratios)"
+                )
+            if s.get("peer_entries_median") is not None:
+                lines.append(
+                    f"  {'':<10} it held {s['peer_entries_median']:,.0f} entries after the run "
+                    "(median): each of its POSTs walks them all for the next id"
                 )
             if s["worker_cpu_split"]:
                 split = s["worker_cpu_split"]
@@ -1902,6 +1922,8 @@ def run_round(
                     run_wrk(args, server, scenario, args.warmup, date_slot=0, client_cpu=client_cpu)
                 run = run_wrk(args, server, scenario, args.duration, 1, client_cpu)
                 run.update(round=round_no, scenario=scenario.key, target=target)
+                if target == PEER and scenario.method == "POST":
+                    run["peer_entries"] = peer_store_size(server)
                 record["runs"].append(run)
                 progress(
                     f"round {round_no} {scenario.key:<16} {target:<7} {run['rps']:>8,.0f} req/s  "

@@ -120,9 +120,11 @@ def test_preflight_passes_on_the_node_peer(started: list[int]) -> None:
             started.append(node.proc.pid)
             bench.seed(node)
             checks = bench.preflight(node)
+            held = bench.peer_store_size(node)
     assert "get_healthz" not in checks  # the peer has no such route
     assert checks["get_timesheets"]["entries"] == bench.OWN_ENTRIES
     assert checks["get_approvals"]["entries"] == bench.OWN_ENTRIES + bench.OTHER_ENTRIES
+    assert held == bench.OWN_ENTRIES + bench.OTHER_ENTRIES
 
 
 def fake_run(target: str, *, rps: float, service_us: float, wrk_share: float) -> dict[str, object]:
@@ -166,3 +168,13 @@ def test_the_scaling_ceiling_counts_what_wrk_takes_of_the_whole_box() -> None:
     assert found["ceiling"]["wrk_us"] == pytest.approx(25)
     assert found["ceiling"]["rps"] == pytest.approx(3.2)
     assert "same 4 CPUs: about 3.20x" in bench.ceiling_text(found["ceiling"])
+
+
+def test_the_peers_post_runs_report_how_many_entries_it_held() -> None:
+    runs = [
+        {**fake_run("peer", rps=1000, service_us=900, wrk_share=0.1), "peer_entries": held}
+        for held in (13_000, 15_500, 14_000)
+    ]
+    assert bench.summarize(runs)["peer_entries_median"] == 14_000
+    service_runs = [fake_run("service", rps=1500, service_us=600, wrk_share=0.1)]
+    assert bench.summarize(service_runs)["peer_entries_median"] is None
