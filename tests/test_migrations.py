@@ -352,3 +352,34 @@ def test_upgrade_creates_audit_and_idempotency_tables(empty_database_url):
 
     assert db.query("SELECT COUNT(*) FROM entry_event") == [(0,)]
     assert db.query("SELECT COUNT(*) FROM idempotency_key") == [(0,)]
+
+
+def test_upgrade_indexes_only_entries_with_an_external_ref_and_keeps_them_unique(
+    empty_database_url,
+):
+    upgrade(empty_database_url)
+    db = Inspector(empty_database_url)
+    plain = [db.insert_entry(), db.insert_entry()]  # no external_ref: not in the index
+    refs = "UPDATE timesheet_entry SET source_client = 'importer', external_ref = ? WHERE id = ?"
+    db.query(refs, "A-1", plain[0])
+    other = db.insert_entry()
+
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
+        db.query(refs, "A-1", other)
+    if db.dialect == "sqlite":
+        (definition,) = db.query(
+            "SELECT sql FROM sqlite_master WHERE name = 'ux_entry_external_ref'"
+        )[0]
+        assert "UNIQUE" in definition and "WHERE external_ref IS NOT NULL" in definition
+        plan = db.query(
+            "EXPLAIN QUERY PLAN SELECT id FROM timesheet_entry"
+            " WHERE source_client = ? AND external_ref = ?",
+            "importer",
+            "A-1",
+        )
+        assert any("ux_entry_external_ref" in row[-1] for row in plan)
+    else:
+        (definition,) = db.query(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'ux_entry_external_ref'"
+        )[0]
+        assert "UNIQUE" in definition and "WHERE (external_ref IS NOT NULL)" in definition
