@@ -359,10 +359,10 @@ def test_upgrade_indexes_only_entries_with_an_external_ref_and_keeps_them_unique
 ):
     upgrade(empty_database_url)
     db = Inspector(empty_database_url)
-    plain = [db.insert_entry(), db.insert_entry()]  # no external_ref: not in the index
+    with_ref, other = db.insert_entry(), db.insert_entry()
+    db.insert_entry()  # stays without a reference: no row of it in the index
     refs = "UPDATE timesheet_entry SET source_client = 'importer', external_ref = ? WHERE id = ?"
-    db.query(refs, "A-1", plain[0])
-    other = db.insert_entry()
+    db.query(refs, "A-1", with_ref)
 
     with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
         db.query(refs, "A-1", other)

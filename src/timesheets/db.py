@@ -303,8 +303,7 @@ class SqliteDatabase(_SqliteConnection):
     Transactions are committed in groups (`_Group`). A transaction is a savepoint inside the
     writer's `BEGIN IMMEDIATE`; those that arrive in one turn of the event loop, while the group
     before theirs runs, or while another process holds the write lock, share one COMMIT, and
-    each member leaves
-    `transaction()` only once that COMMIT succeeded (or, when it failed, with
+    each member leaves `transaction()` only once that COMMIT succeeded (or, when it failed, with
     DatabaseUnavailable, none of the group's writes being kept). Nothing is acknowledged before
     it is committed. A commit writes each changed page once for the group, instead of once per
     request; the other connection reads only what is committed, so no one sees a group's writes
