@@ -574,11 +574,16 @@ def test_postgres_outage_answers_503_then_recovers_with_nothing_half_written(
     assert not unexpected, unexpected[:5]
     slow = [(m, a) for m, a in answers if a.elapsed > 5.0]
     assert not slow, slow[:5]
-    # During the outage: 503 with Retry-After.
+    # During the outage: 503 with Retry-After. Only answers that came back before the restart
+    # began count: a request sent just before it may reach the service (or wait for a connection
+    # there) once the database is back, and then rightly succeed.
     during = [
-        a for _, a in answers if marks["stopped"] <= a.started and a.started < marks["restart"]
+        a
+        for _, a in answers
+        if marks["stopped"] <= a.started and a.started + a.elapsed < marks["restart"]
     ]
-    assert during and all(a.status == 503 for a in during), during[:5]
+    served = [a for a in during if a.status != 503]
+    assert during and not served, served[:5]
     unavailable = [a for _, a in answers if a.status == 503]
     assert all(a.retry_after and int(a.retry_after) > 0 for a in unavailable)
     assert all(a.body["error"] == "database_unavailable" for a in unavailable)
