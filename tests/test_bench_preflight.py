@@ -127,15 +127,23 @@ def test_preflight_passes_on_the_node_peer(started: list[int]) -> None:
     assert held == bench.OWN_ENTRIES + bench.OTHER_ENTRIES
 
 
-def fake_run(target: str, *, rps: float, service_us: float, wrk_share: float) -> dict[str, object]:
-    """One wrk run as `run_wrk` records it, with just the fields the summaries read."""
+def fake_run(
+    target: str,
+    *,
+    rps: float,
+    service_us: float,
+    wrk_share: float,
+    scenario: str = "get_timesheets",
+    p99_us: int = 5000,
+) -> dict[str, object]:
+    """One wrk run as `run_wrk` records it, with just the fields the summaries and the report read."""
     return {
-        "scenario": "get_timesheets",
+        "scenario": scenario,
         "target": target,
         "rps": rps,
         "requests": int(rps * 10),
         "wall_s": 10.0,
-        "latency_us": {"p50": 1000, "p99": 5000},
+        "latency_us": {"p50": 1000, "p99": p99_us},
         "cpu_us_per_request": service_us,
         "server_cpu_share": rps * service_us / 1e6,
         "wrk_cpu_share": wrk_share,
@@ -145,6 +153,7 @@ def fake_run(target: str, *, rps: float, service_us: float, wrk_share: float) ->
         "socket_errors": 0,
         "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status_ge_400": 0},
         "server_cpu_by_process": [],
+        "memory": [{"pid": 1, "role": "process", "name": "process", "rss_kb": 100 * 1024}],
     }
 
 
@@ -178,3 +187,64 @@ def test_the_peers_post_runs_report_how_many_entries_it_held() -> None:
     assert bench.summarize(runs)["peer_entries_median"] == 14_000
     service_runs = [fake_run("service", rps=1500, service_us=600, wrk_share=0.1)]
     assert bench.summarize(service_runs)["peer_entries_median"] is None
+
+
+def fake_results(runs: list[dict[str, object]]) -> dict[str, object]:
+    """What `main` records of a one-round run with the peer and both layouts, then aggregates."""
+    targets = [bench.SERVICE, bench.PEER, bench.BOX]
+    args = bench.parse_args(["--peer"])
+    results: dict[str, object] = {
+        "meta": {
+            "rounds_done": 1, "threads": 2, "connections": 64, "duration_s": 10, "warmup_s": 3,
+            "database": "sqlite", "cpus": 2, "loadavg_at_start": "0.50 0.40 0.30 1/100 1",
+            "loadavg_at_end": "1.90 1.20 0.70 1/100 2", "node": "v20.0.0", "targets": targets,
+            "layouts": {key: vars(layout) for key, layout in bench.layouts(args).items()},
+            "git": {"commit": "c0ffee" * 6 + "c0ff", "dirty_paths": [], "src_diff_sha256": ""},
+        },
+        "rounds": [{"round": 1, "keepalive": {}, "runs": runs, "memory_end": {}}],
+        "leak": [],
+    }  # fmt: skip
+    results["summary"], results["ratios"], results["scaling"] = bench.aggregate(
+        results["rounds"], list(bench.SCENARIOS), targets, cores=2
+    )
+    results["verdicts"] = bench.verdicts(results)
+    return results
+
+
+def test_the_report_gives_each_target_its_verdict_and_ends_with_the_ratios() -> None:
+    runs = []
+    for scenario in bench.SCENARIOS:
+        key = scenario.key
+        runs.append(
+            fake_run(bench.SERVICE, rps=10_000, service_us=100, wrk_share=0.2, scenario=key)
+        )
+        runs.append(fake_run(bench.BOX, rps=16_000, service_us=110, wrk_share=0.2, scenario=key))
+        if scenario.on_peer:
+            peer_rps = 5_000 if key == "post_timesheets" else 4_000
+            runs.append(
+                fake_run(
+                    bench.PEER,
+                    rps=peer_rps,
+                    service_us=250,
+                    wrk_share=0.1,
+                    scenario=key,
+                    p99_us=20_000,
+                )
+                | ({"peer_entries": 31_000} if key == "post_timesheets" else {})
+            )
+    lines = bench.report(fake_results(runs))
+    text = "\n".join(lines)
+
+    post_table = text[text.index(bench.SCENARIOS[-1].title) :]
+    peer_row = next(line for line in post_table.splitlines() if line.strip().startswith("peer"))
+    assert "5,000" in peer_row
+    assert "it held 31,000 entries after the run" in post_table
+    assert "GET /timesheets RPS >= 2x peer's: met (2.50x); 10,000 vs 4,000 req/s" in text
+    assert "POST /timesheets RPS >= 3x peer's: MISSED by 33% (2.00x of 3.00x" in text
+    assert "GET /timesheets p99 <= 0.5x peer's: met (0.25x)" in text
+    assert "get_healthz with 2 workers >= 1.7x 1 process: MISSED by 6% (1.60x of 1.70x" in text
+    assert "ceiling with wrk on the same 2 CPUs: about 1.78x" in text
+    assert "resident memory per worker < 150 MB: met (peak 100.0 MB" in text
+    assert lines[-1].startswith("ratios service/peer, per core")
+    assert "get_timesheets RPS 2.50 CPU/req 0.40 p99 0.25" in lines[-1]
+    assert "get_healthz n/a" in lines[-1]  # the peer has no /healthz
