@@ -1828,12 +1828,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["meta"]["finished"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
     results["meta"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().strip()
-    results["summary"], results["ratios"], results["scaling"] = aggregate(
-        results["rounds"], args.scenario_list, targets, cores=len(os.sched_getaffinity(0))
-    )
-    for lc in results["leak"]:
-        judge_leak(lc)
-    results["verdicts"] = verdicts(results)
+    conclude(results, args.scenario_list, cores=len(os.sched_getaffinity(0)))
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -1849,6 +1844,17 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print_report(results, out, problems)
     return status
+
+
+def conclude(results: dict[str, Any], scenarios: list[Scenario], *, cores: int) -> None:
+    """Adds to the recorded `results` the summaries, ratios and scaling (`aggregate`), each leak
+    check's verdict, and the verdicts on the issue's targets."""
+    results["summary"], results["ratios"], results["scaling"] = aggregate(
+        results["rounds"], scenarios, results["meta"]["targets"], cores=cores
+    )
+    for lc in results["leak"]:
+        judge_leak(lc)
+    results["verdicts"] = verdicts(results)
 
 
 def print_report(results: dict[str, Any], out: Path, problems: list[str]) -> None:

@@ -190,7 +190,7 @@ def test_the_peers_post_runs_report_how_many_entries_it_held() -> None:
 
 
 def fake_results(runs: list[dict[str, object]]) -> dict[str, object]:
-    """What `main` records of a one-round run with the peer and both layouts, then aggregates."""
+    """What `main` records of a one-round run with the peer and both layouts, concluded as it does."""
     targets = [bench.SERVICE, bench.PEER, bench.BOX]
     args = bench.parse_args(["--peer"])
     results: dict[str, object] = {
@@ -204,10 +204,7 @@ def fake_results(runs: list[dict[str, object]]) -> dict[str, object]:
         "rounds": [{"round": 1, "keepalive": {}, "runs": runs, "memory_end": {}}],
         "leak": [],
     }  # fmt: skip
-    results["summary"], results["ratios"], results["scaling"] = bench.aggregate(
-        results["rounds"], list(bench.SCENARIOS), targets, cores=2
-    )
-    results["verdicts"] = bench.verdicts(results)
+    bench.conclude(results, list(bench.SCENARIOS), cores=2)
     return results
 
 

@@ -198,8 +198,8 @@ def test_list_shows_only_own_entries_oldest_first(client, ann, bob):
 
 
 def test_lists_and_sync_show_non_ascii_text_byte_for_byte_as_the_entry_itself(client, ann):
-    # Lists hand out the stored documents as UTF-8 bytes, joined without parsing them again (the
-    # database joins them one a line: a newline in the text must not split a document).
+    # Lists hand out the stored documents as UTF-8 bytes, joined without parsing them again:
+    # newlines, commas and braces in the text must neither split a document nor merge two.
     text = 'Zürich – 日本語 😀 \u2028 "q" \\ é\nline two,\r\n\t{"id": 1}'
     first = create_entry(client, ann, date="2017-07-10", project=text, notes=text)
     second = create_entry(client, ann, date="2017-07-11", project=text, notes=text)
